@@ -1,0 +1,57 @@
+"""The first checks of `make test`, in order, each on a scratch copy so nothing here is changed:
+1. the export is in sync: a fresh `nbdev-export` changes no file under face_diffusion/ (new files included);
+2. the notebooks are clean: `nbdev-clean` changes nothing;
+3. every notebook has its Colab badge and install cell (tools/colab.py);
+4. README.md is in sync with nbs/index.ipynb (tools/make_readme.py).
+Each failure is one line naming the files and the command that fixes them (`make export`)."""
+import filecmp, os, shutil, subprocess, sys, tempfile
+from pathlib import Path
+from nbtools import ROOT
+
+BIN = Path(sys.executable).parent
+
+def tree(root, sub):
+    base = Path(root) / sub
+    return {p.relative_to(root).as_posix() for p in base.rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts and ".ipynb_checkpoints" not in p.parts}
+
+def diff(a, b, sub):
+    ta, tb = tree(a, sub), tree(b, sub)
+    return sorted((ta ^ tb) | {f for f in ta & tb if not filecmp.cmp(Path(a)/f, Path(b)/f, shallow=False)})
+
+def run(cmd, cwd):
+    r = subprocess.run([str(BIN / cmd)], cwd=cwd, capture_output=True, text=True)
+    if r.returncode:
+        print(f"{cmd} failed:\n{r.stdout}{r.stderr}"); sys.exit(1)
+
+def scratch():
+    d = Path(tempfile.mkdtemp(prefix="fd_sync_"))
+    for name in ["pyproject.toml", "README.md"]:
+        if (ROOT / name).exists(): shutil.copy2(ROOT / name, d / name)
+    for name in ["nbs", "face_diffusion"]:
+        shutil.copytree(ROOT / name, d / name, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints", "_runs"))
+    return d
+
+def main():
+    failures = []
+    d = scratch()
+    try:
+        run("nbdev-export", d)
+        if (bad := diff(ROOT, d, "face_diffusion")):
+            failures.append(f"export out of step with the notebooks ({', '.join(bad)}) -- run `make export`")
+        run("nbdev-clean", d)
+        if (bad := diff(ROOT, d, "nbs")):
+            failures.append(f"notebooks not clean ({', '.join(bad)}) -- run `make export`")
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    sys.path.insert(0, str(Path(__file__).parent))
+    import colab, make_readme
+    if colab.main(check=True): failures.append("Colab cells out of step")
+    if make_readme.main(check=True): failures.append("README.md out of step")
+    for f in failures: print(f"sync check failed: {f}")
+    if failures: return 1
+    print("sync check: export, clean notebooks, Colab cells and README are in step")
+    return 0
+
+if __name__ == "__main__":
+    sys.exit(main())
