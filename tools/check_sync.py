@@ -10,13 +10,23 @@ from nbtools import ROOT
 
 BIN = Path(sys.executable).parent
 
+SKIP = {"__pycache__", ".ipynb_checkpoints", "_runs"}
+
+def project_files(sub):
+    "Files under `sub` that belong to the project: tracked or not ignored by git (all but caches without git)."
+    r = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "--", sub],
+                       cwd=ROOT, capture_output=True, text=True)
+    if r.returncode == 0:
+        return {f for f in r.stdout.splitlines() if (ROOT / f).is_file()}
+    return tree(ROOT, sub)
+
 def tree(root, sub):
     base = Path(root) / sub
-    return {p.relative_to(root).as_posix() for p in base.rglob("*")
-            if p.is_file() and "__pycache__" not in p.parts and ".ipynb_checkpoints" not in p.parts}
+    return {p.relative_to(root).as_posix() for p in base.rglob("*") if p.is_file() and not SKIP & set(p.parts)}
 
 def diff(a, b, sub):
-    ta, tb = tree(a, sub), tree(b, sub)
+    "Project files under `sub` that differ between this tree (a) and the scratch copy (b), or exist in one only."
+    ta, tb = project_files(sub), tree(b, sub)
     return sorted((ta ^ tb) | {f for f in ta & tb if not filecmp.cmp(Path(a)/f, Path(b)/f, shallow=False)})
 
 def run(cmd, cwd):
@@ -28,8 +38,9 @@ def scratch():
     d = Path(tempfile.mkdtemp(prefix="fd_sync_"))
     for name in ["pyproject.toml", "README.md"]:
         if (ROOT / name).exists(): shutil.copy2(ROOT / name, d / name)
-    for name in ["nbs", "face_diffusion"]:
-        shutil.copytree(ROOT / name, d / name, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints", "_runs"))
+    for f in project_files("nbs") | project_files("face_diffusion"):
+        (d / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, d / f)
     return d
 
 def main():

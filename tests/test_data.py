@@ -1,0 +1,218 @@
+"""face_diffusion.data: face folders on small image files made here, bad input, cache, helpers."""
+import hashlib, os, time, warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from face_diffusion.data import (ATTRIBUTES, FaceFolder, SyntheticFaces, image_grid, load_image, portrait,
+                                 random_flip, save_grid, synthetic_faces, to_float, to_uint8)
+
+
+def tree_hash(root):
+    "A hash of every path, byte and modification time under root."
+    h = hashlib.sha256()
+    for p in sorted(Path(root).rglob('*')):
+        st = p.stat()
+        h.update(f'{p.relative_to(root)} {p.is_dir()} {st.st_mtime_ns}'.encode())
+        if p.is_file(): h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def photo(w=40, h=30, seed=0):
+    rng = np.random.default_rng(seed)
+    a = np.zeros((h, w, 3), np.uint8)
+    a[..., 0] = np.linspace(0, 255, w, dtype=np.uint8)[None]       # red grows to the right
+    a[..., 1] = rng.integers(0, 256, (h, w))
+    a[..., 2] = 80
+    return Image.fromarray(a)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    "A folder tree with every supported kind of image, plus a text file and a corrupt JPEG."
+    root = tmp_path / 'faces'
+    (root / 'sub' / 'deeper').mkdir(parents=True)
+    photo(seed=1).save(root / 'rgb.jpg')
+    photo(seed=2).save(root / 'sub' / 'rgb2.JPEG')
+    photo(seed=3).convert('L').save(root / 'gray.png')
+    rgba = photo(seed=4).convert('RGBA')
+    alpha = np.full((30, 40), 255, np.uint8); alpha[:, :20] = 0           # left half transparent
+    rgba.putalpha(Image.fromarray(alpha)); rgba.save(root / 'sub' / 'rgba.png')
+    photo(seed=5).convert('P', palette=Image.Palette.ADAPTIVE, colors=8).save(root / 'palette.png')
+    Image.fromarray((np.arange(40 * 30).reshape(30, 40) * 50).astype(np.uint16)).save(root / 'sub' / 'deeper' / 'sixteen.png')
+    photo(seed=6).save(root / 'photo.webp')
+    photo(seed=7).save(root / 'photo.bmp')
+    (root / 'notes.txt').write_text('attributes, not an image')
+    (root / 'sub' / 'broken.jpg').write_bytes(b'\xff\xd8\xff\xe0 this is not really a jpeg')
+    return root
+
+
+def load(root, **kw):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        ds = FaceFolder(root, **kw)
+    return ds, [str(w.message) for w in caught]
+
+
+def test_folder_modes_and_warning(folder, tmp_path):
+    before = tree_hash(folder)
+    ds, warned = load(folder, size=16, cache_dir=tmp_path / 'cache')
+    names = sorted(f.name for f in ds.files)
+    assert names == sorted(['rgb.jpg', 'rgb2.JPEG', 'gray.png', 'rgba.png', 'palette.png', 'sixteen.png',
+                            'photo.webp', 'photo.bmp'])
+    assert ds.images.shape == (8, 3, 16, 16) and ds.images.dtype == torch.uint8
+    assert ds[0].shape == (3, 16, 16) and len(ds) == 8
+    # one warning naming both skipped files and their count
+    assert len(warned) == 1 and 'skipped 2 files' in warned[0]
+    assert 'notes.txt' in warned[0] and 'broken.jpg' in warned[0]
+    # grayscale and 16-bit images become three equal channels; transparency becomes white
+    by_name = {f.name: img for f, img in zip(ds.files, ds.images)}
+    for name in ['gray.png', 'sixteen.png']:
+        img = by_name[name].int()
+        assert (img[0] == img[1]).all() and (img[1] == img[2]).all()
+    assert by_name['sixteen.png'].float().std() > 10                        # rescaled, not clipped to white
+    left = by_name['rgba.png'][:, :, :6].float()
+    assert left.min() > 245                                                # transparent half is white
+    assert tree_hash(folder) == before                                     # nothing in the folder changed
+    assert not list(folder.rglob('*.npz'))
+
+
+def test_cache_reused_and_rebuilt(folder, tmp_path):
+    cache = tmp_path / 'cache'
+    before = tree_hash(folder)
+    first, _ = load(folder, size=16, cache_dir=cache)
+    assert first.cache_path.parent == cache and first.cache_path.is_file()
+    again, warned = load(folder, size=16, cache_dir=cache)
+    assert torch.equal(again.images, first.images) and again.files == first.files
+    assert len(warned) == 1 and 'broken.jpg' in warned[0]                   # skipped files still named
+    assert again.cache_path == first.cache_path and len(list(cache.iterdir())) == 1
+    other_size, _ = load(folder, size=8, cache_dir=cache)
+    assert other_size.cache_path != first.cache_path and other_size.images.shape[-1] == 8
+    assert tree_hash(folder) == before
+    # a changed folder gets a new cache with the new file
+    photo(seed=9).save(folder / 'new.png')
+    changed, _ = load(folder, size=16, cache_dir=cache)
+    assert changed.cache_path != first.cache_path and len(changed) == len(first) + 1
+    assert not first.cache_path.exists() and other_size.cache_path.exists()   # stale cache dropped, 8 px kept
+    # an edited file (new mtime) is decoded again
+    img = photo(seed=10); img.save(folder / 'new.png')
+    os.utime(folder / 'new.png', ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+    edited, _ = load(folder, size=16, cache_dir=cache)
+    assert edited.cache_path != changed.cache_path
+
+
+def test_default_cache_dir_outside_folder(folder, tmp_path, monkeypatch):
+    monkeypatch.setenv('FACE_DIFFUSION_CACHE', str(tmp_path / 'default_cache'))
+    ds, _ = load(folder, size=8)
+    assert ds.cache_path.parent == tmp_path / 'default_cache' and ds.cache_path.is_file()
+    monkeypatch.delenv('FACE_DIFFUSION_CACHE')
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg'))
+    ds, _ = load(folder, size=8)
+    assert ds.cache_path.parent == tmp_path / 'xdg' / 'face_diffusion'
+    with pytest.raises(ValueError, match='inside the image folder'):
+        FaceFolder(folder, size=8, cache_dir=folder / 'cache')
+    assert not (folder / 'cache').exists()
+
+
+def test_no_cache(folder):
+    ds, _ = load(folder, size=8, cache_dir=False)
+    assert ds.cache_path is None and len(ds) == 8
+
+
+def test_center_and_celeba_crop(tmp_path):
+    root = tmp_path / 'celeba'; root.mkdir()
+    a = np.zeros((218, 178, 3), np.uint8)
+    a[51:191, 19:159] = 255                                                  # the 140×140 face box is white
+    Image.fromarray(a).save(root / '000001.png')
+    celeba, _ = load(root, size=28, crop='celeba', cache_dir=tmp_path / 'c')
+    assert celeba.images[..., 1:-1, 1:-1].min() >= 250                       # the face box (edges: filter support)
+    assert celeba.images.float().mean() > 245
+    center, _ = load(root, size=28, crop='center', cache_dir=tmp_path / 'c')
+    assert center.images.float().mean() < 200                                # the centre square includes black
+    assert torch.equal(load_image(root / '000001.png', 28, crop='celeba'), celeba.images[0])
+
+
+def test_bad_folders(tmp_path):
+    with pytest.raises(FileNotFoundError, match='missing'):
+        FaceFolder(tmp_path / 'missing')
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(ValueError, match='empty') as e:
+        FaceFolder(tmp_path / 'empty')
+    assert str(tmp_path / 'empty') in str(e.value) and '\n' not in str(e.value)
+    (tmp_path / 'texts').mkdir(); (tmp_path / 'texts' / 'a.txt').write_text('hello')
+    with pytest.raises(ValueError, match='no .jpg') as e:
+        FaceFolder(tmp_path / 'texts')
+    assert str(tmp_path / 'texts') in str(e.value) and '\n' not in str(e.value)
+    (tmp_path / 'corrupt').mkdir(); (tmp_path / 'corrupt' / 'a.png').write_bytes(b'not a png')
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(ValueError, match='no readable images'):
+        warnings.simplefilter('always')
+        FaceFolder(tmp_path / 'corrupt', cache_dir=tmp_path / 'c')
+    assert len(caught) == 1 and 'a.png' in str(caught[0].message)
+    (tmp_path / 'file.png').write_bytes(b'x')
+    with pytest.raises(ValueError, match='not a folder'):
+        FaceFolder(tmp_path / 'file.png')
+    (tmp_path / 'ok').mkdir(); photo().save(tmp_path / 'ok' / 'a.png')
+    with pytest.raises(ValueError, match='crop'):
+        FaceFolder(tmp_path / 'ok', crop='square')
+    with pytest.raises(ValueError, match='size'):
+        FaceFolder(tmp_path / 'ok', size=0)
+
+
+def test_load_image_and_portrait(tmp_path):
+    photo(40, 30).save(tmp_path / 'a.png')
+    img = load_image(tmp_path / 'a.png')
+    assert img.shape == (3, 30, 40) and img.dtype == torch.uint8
+    sq = load_image(tmp_path / 'a.png', size=12)
+    assert sq.shape == (3, 12, 12)
+    assert sq[0, :, 0].float().mean() < sq[0, :, -1].float().mean()         # left stays left
+    with pytest.raises(FileNotFoundError, match='nope.png'):
+        load_image(tmp_path / 'nope.png')
+    (tmp_path / 'bad.png').write_bytes(b'garbage')
+    with pytest.raises(ValueError, match='bad.png'):
+        load_image(tmp_path / 'bad.png')
+    p = portrait(32)
+    assert p.shape == (3, 32, 32) and p.dtype == torch.uint8 and p.float().std() > 20
+
+
+def test_float_uint8_and_grid(tmp_path):
+    x = torch.randint(0, 256, (4, 3, 5, 6), dtype=torch.uint8)
+    f = to_float(x)
+    assert f.dtype == torch.float32 and f.min() >= -1 and f.max() <= 1
+    assert torch.equal(to_uint8(f), x)
+    assert torch.equal(to_float(x.numpy()), f)
+    grid = image_grid(f, nrow=2, pad=1)
+    assert grid.shape == (1 + 2 * 6, 1 + 2 * 7, 3)
+    assert np.array_equal(grid[1:6, 1:7], x[0].permute(1, 2, 0).numpy())
+    assert image_grid(x[:, :1]).shape[-1] == 3                               # one channel shown as gray
+    path = save_grid(x, tmp_path / 'sub' / 'grid.png', nrow=4)
+    assert Image.open(path).size == (2 + 4 * 8, 2 + 1 * 7)
+    with pytest.raises(ValueError, match='channels'):
+        image_grid(torch.zeros(2, 4, 3, 3))
+
+
+def test_random_flip():
+    x = torch.arange(2 * 3 * 2 * 4, dtype=torch.uint8).view(2, 3, 2, 4).repeat(50, 1, 1, 1)
+    y = random_flip(x, torch.Generator().manual_seed(0))
+    kept = (y == x).flatten(1).all(1)
+    flipped = (y == x.flip(-1)).flatten(1).all(1)
+    assert (kept ^ flipped).all() and 20 < flipped.sum() < 80
+    assert torch.equal(y, random_flip(x, torch.Generator().manual_seed(0)))  # seeded
+    assert random_flip(x[0]).shape == x[0].shape
+
+
+def test_synthetic_faces_api():
+    images, attrs = synthetic_faces(5, size=16, seed=0)
+    assert images.shape == (5, 3, 16, 16) and images.dtype == torch.uint8
+    assert set(attrs) == set(ATTRIBUTES)
+    for name, codes in attrs.items():
+        assert codes.dtype == torch.int64 and codes.shape == (5,)
+        assert 0 <= codes.min() and codes.max() < len(ATTRIBUTES[name])
+    for size in (15, 129, 64.0):
+        with pytest.raises(ValueError, match='16 to 128'):
+            synthetic_faces(2, size=size)
+    ds = SyntheticFaces(3, size=16, seed=0)
+    assert torch.equal(ds[2], images[2]) and len(ds) == 3
+    assert synthetic_faces(0, size=16)[0].shape == (0, 3, 16, 16)
