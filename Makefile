@@ -30,7 +30,7 @@ browser-deps:
 
 ## Developer helpers (not needed by the README's two commands).
 export: $(STAMP)
-	$(BIN)/nbdev-export && $(BIN)/nbdev-clean && $(BIN)/python tools/colab.py && $(BIN)/python tools/make_readme.py
+	$(BIN)/python tools/colab.py && $(BIN)/nbdev-clean && $(BIN)/nbdev-export && $(BIN)/python tools/make_readme.py
 
 sync-check: $(STAMP)
 	$(BIN)/python tools/check_sync.py

@@ -1,0 +1,181 @@
+"""The forward process: schedules against the papers' formulas (evaluated here in plain Python), the closed form
+q(x_t | x_0) against the step-by-step chain (by sampling, within computed sampling error, and failing for a
+wrong ᾱ), the posterior, the ε / x_0 / v conversions, and one-line errors for bad input."""
+import math
+import numpy as np
+import pytest
+import torch
+from face_diffusion.forward import (NoiseSchedule, OBJECTIVES, SCHEDULES, check_closed_form, cosine_betas, extract,
+                                    linear_betas, model_target, q_posterior, q_sample, q_step, split_prediction, velocity)
+
+KINDS = ['linear', 'cosine', 'quadratic', 'sigmoid']
+
+
+# --- schedules against the papers, computed independently -------------------------------------------------------
+
+def test_linear_alpha_bar_T_matches_ddpm_paper():
+    betas = [1e-4 + (0.02 - 1e-4) * i / 999 for i in range(1000)]      # Ho et al. 2020: β_1 = 1e-4 … β_T = 0.02
+    alpha_bar_T = math.prod(1 - b for b in betas)                      # ᾱ_T = ∏ (1 − β_t)
+    s = NoiseSchedule('linear', 1000)
+    assert math.isclose(s.alphas_cumprod[-1].item(), alpha_bar_T, rel_tol=1e-4)
+    assert math.isclose(alpha_bar_T, 4.0358e-5, rel_tol=1e-3)          # the well-known value, as a sanity check
+
+
+def test_linear_schedule_rescaled_for_other_T():
+    for T in [100, 250, 4000]:
+        b = linear_betas(T)
+        assert b.dtype == torch.float64 and len(b) == T
+        assert math.isclose(b[0].item(), 1e-4 * 1000 / T) and math.isclose(b[-1].item(), 0.02 * 1000 / T)
+        ab_T = math.prod(1 - x for x in b.tolist())
+        assert 1e-6 < ab_T < 1e-3                                      # ends about where T = 1000 ends
+
+
+def test_cosine_matches_improved_ddpm_formula():
+    T, s = 1000, 0.008
+    t = np.arange(T + 1) / T
+    f = np.cos((t + s) / (1 + s) * np.pi / 2) ** 2                     # f(t) = cos²((t/T + s)/(1 + s) · π/2)
+    alpha_bar = f / f[0]                                               # ᾱ_t = f(t)/f(0)
+    betas = np.minimum(1 - alpha_bar[1:] / alpha_bar[:-1], 0.999)      # β_t = min(1 − ᾱ_t/ᾱ_{t−1}, 0.999)
+    np.testing.assert_allclose(cosine_betas(T).numpy(), betas, rtol=1e-10, atol=1e-15)
+    sched = NoiseSchedule('cosine', T)
+    np.testing.assert_allclose(sched.alphas_cumprod[:-1].double().numpy(), alpha_bar[1:-1], rtol=1e-4, atol=1e-8)
+    assert sched.betas[-1].item() == pytest.approx(0.999)              # the clipped last step
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_schedule_derived_quantities(kind):
+    s = NoiseSchedule(kind, 200)
+    b = s.betas.double()
+    ab = torch.cumprod(1 - b, 0)
+    for name in NoiseSchedule.names:
+        v = getattr(s, name)
+        assert v.dtype == torch.float32 and v.shape == (200,) and torch.isfinite(v).all(), name
+    assert ((s.betas > 0) & (s.betas < 1)).all() and (s.alphas_cumprod[1:] < s.alphas_cumprod[:-1]).all()
+    torch.testing.assert_close(s.alphas_cumprod.double(), ab, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(s.alphas_cumprod_prev[1:], s.alphas_cumprod[:-1])
+    assert s.alphas_cumprod_prev[0] == 1
+    torch.testing.assert_close(s.snr.double(), ab / (1 - ab), rtol=1e-4, atol=0)
+    ab_prev = torch.cat([torch.ones(1, dtype=torch.float64), ab[:-1]])
+    torch.testing.assert_close(s.posterior_variance.double(), b * (1 - ab_prev) / (1 - ab), rtol=1e-4, atol=1e-12)
+
+
+def test_schedule_config_round_trip_and_device():
+    s = NoiseSchedule('sigmoid', 300)
+    s2 = NoiseSchedule.from_config(s.config())
+    assert s2.config() == {'kind': 'sigmoid', 'T': 300} and torch.equal(s2.betas, s.betas)
+    s3 = s.to('cpu')
+    assert s3.T == 300 and s3.kind == 'sigmoid' and torch.equal(s3.alphas_cumprod, s.alphas_cumprod)
+
+
+# --- the closed form against the chain ------------------------------------------------------------------------------
+
+def chain_and_jump(schedule, x0, ts, n, seed):
+    "n samples of x_t by the chain (q_step) and by the jump (q_sample) at each t in ts, as float64 numpy arrays."
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.tensor(x0, dtype=torch.float64).expand(n, -1)
+    x, out = x0.clone(), {}
+    for t in range(max(ts) + 1):
+        x = q_step(schedule, x, t, generator=g)
+        if t in ts: out[t] = (x.numpy().copy(), q_sample(schedule, x0, t, generator=g).numpy())
+    return out
+
+
+def worst_z(samples):
+    "Largest |difference| / standard error over means and variances (Gaussian samples)."
+    worst = 0.0
+    for a, b in samples.values():
+        n = len(a)
+        va, vb = a.var(0, ddof=1), b.var(0, ddof=1)
+        se_mean = np.sqrt((va + vb) / n)                               # SE of a difference of two means
+        se_var = np.sqrt(2 * (va ** 2 + vb ** 2) / (n - 1))            # SE of a difference of two sample variances
+        for diff, se in [(a.mean(0) - b.mean(0), se_mean), (va - vb, se_var)]:
+            z = np.where(se > 0, np.abs(diff) / np.where(se > 0, se, 1), np.where(diff == 0, 0, np.inf))
+            worst = max(worst, float(z.max()))
+    return worst
+
+
+def with_alphas_cumprod(s, ab):
+    wrong = s.to('cpu')
+    wrong.alphas_cumprod, wrong.sqrt_alphas_cumprod, wrong.sqrt_one_minus_alphas_cumprod = ab, ab.sqrt(), (1 - ab).sqrt()
+    return wrong
+
+
+PIXELS, TS = [-1.0, -0.2, 0.5, 1.0], [0, 1, 9, 99, 499, 999]
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_closed_form_agrees_with_chain(kind):
+    s = NoiseSchedule(kind, 1000)
+    assert worst_z(chain_and_jump(s, PIXELS, TS, n=4000, seed=KINDS.index(kind))) < 5
+    assert check_closed_form(s, PIXELS, TS, n=4000, generator=torch.Generator().manual_seed(10))['ok']
+
+
+@pytest.mark.parametrize('wrong', ['off_by_one', 'alpha_not_alpha_bar', 'typo_power'])
+def test_wrong_alpha_bar_is_caught(wrong):
+    s = NoiseSchedule('linear', 1000)
+    ab = {'off_by_one': s.alphas_cumprod_prev,                          # ᾱ_{t−1}: ∏ without the last α
+          'alpha_not_alpha_bar': s.alphas,                              # α_t: no product at all
+          'typo_power': s.alphas ** torch.arange(1, 1001)}[wrong]       # ∏_{i≤t} α_t read literally
+    bad = with_alphas_cumprod(s, ab)
+    assert worst_z(chain_and_jump(bad, PIXELS, TS, n=4000, seed=0)) > 5
+    assert not check_closed_form(bad, PIXELS, TS, n=4000, generator=torch.Generator().manual_seed(10))['ok']
+
+
+def test_q_sample_batch_timesteps_and_generator():
+    s = NoiseSchedule('cosine', 1000)
+    x0 = torch.rand(4, 3, 8, 8) * 2 - 1
+    t = torch.tensor([0, 10, 500, 999])
+    a = q_sample(s, x0, t, generator=torch.Generator().manual_seed(3))
+    b = q_sample(s, x0, t, generator=torch.Generator().manual_seed(3))
+    assert a.shape == x0.shape and torch.equal(a, b)                   # seeded: reproducible
+    eps = torch.randn(x0.shape)
+    expect = s.sqrt_alphas_cumprod[t].view(4, 1, 1, 1) * x0 + s.sqrt_one_minus_alphas_cumprod[t].view(4, 1, 1, 1) * eps
+    torch.testing.assert_close(q_sample(s, x0, t, noise=eps), expect)
+    assert extract(s.betas, t, x0.shape).shape == (4, 1, 1, 1) and extract(s.betas, 5, x0.shape).shape == (1, 1, 1, 1)
+
+
+def test_posterior_step_has_the_right_marginal():
+    s, n, g = NoiseSchedule('linear', 1000), 50_000, torch.Generator().manual_seed(4)
+    for t in [1, 50, 400, 999]:
+        x0 = torch.full((n,), -0.6, dtype=torch.float64)
+        x_t = q_sample(s, x0, t, generator=g)
+        mean, var, log_var = q_posterior(s, x0, x_t, t)
+        x_prev = mean + var.sqrt() * torch.randn(n, generator=g, dtype=torch.float64)
+        ab = s.alphas_cumprod[t - 1].item()                            # x_{t−1} ~ N(√ᾱ_{t−1} x_0, 1 − ᾱ_{t−1})
+        assert abs(x_prev.mean().item() - math.sqrt(ab) * -0.6) < 5 * math.sqrt((1 - ab) / n)
+        assert abs(x_prev.var().item() - (1 - ab)) < 5 * (1 - ab) * math.sqrt(2 / (n - 1))
+        torch.testing.assert_close(log_var.exp(), var)
+
+
+@pytest.mark.parametrize('objective', OBJECTIVES)
+def test_objectives_round_trip(objective):
+    s, g = NoiseSchedule('linear', 1000), torch.Generator().manual_seed(5)
+    x0 = torch.rand(6, 3, 8, 8, generator=g, dtype=torch.float64) * 2 - 1
+    eps = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    t = torch.tensor([0, 3, 100, 500, 900, 999])
+    x_t = q_sample(s, x0, t, noise=eps)
+    x0_hat, eps_hat = split_prediction(s, objective, x_t, t, model_target(s, objective, x0, eps, t))
+    torch.testing.assert_close(x0_hat, x0, rtol=0, atol=1e-4)   # float32 coefficients × 1/√ᾱ_T ≈ 157
+    torch.testing.assert_close(eps_hat, eps, rtol=0, atol=1e-5)
+    v = velocity(s, x0, eps, t)
+    ab = s.alphas_cumprod[t].double().view(-1, 1, 1, 1)
+    torch.testing.assert_close(v, ab.sqrt() * eps - (1 - ab).sqrt() * x0, rtol=0, atol=1e-6)
+
+
+# --- bad input --------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('call, words', [
+    (lambda: NoiseSchedule('cosinus'), 'linear, cosine, quadratic, sigmoid'),
+    (lambda: NoiseSchedule('linear', T=1), '≥ 2'),
+    (lambda: NoiseSchedule('linear', T=10.5), '≥ 2'),
+    (lambda: q_sample(NoiseSchedule('linear', 100), torch.zeros(2, 3, 4, 4), torch.tensor([0, 100])), '0 … 99'),
+    (lambda: q_step(NoiseSchedule('linear', 100), torch.zeros(1, 3, 4, 4), -1), '0 … 99'),
+    (lambda: model_target(NoiseSchedule('linear', 100), 'noise', torch.zeros(1), torch.zeros(1), 0), 'eps, x0, v'),
+])
+def test_bad_input_one_line_value_error(call, words):
+    with pytest.raises(ValueError) as e: call()
+    assert words in str(e.value) and '\n' not in str(e.value)
+
+
+def test_every_schedule_kind_is_listed():
+    assert list(SCHEDULES) == KINDS
