@@ -1,0 +1,320 @@
+"""Sampling (chapters 05 and 06): each sampler step against an independent evaluation of its paper's equations
+(plain numpy from the betas), the samplers against exact denoisers, reproducibility, trajectories, GIFs, bad input."""
+import math
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from face_diffusion.forward import NoiseSchedule, OBJECTIVES
+from face_diffusion.sampling import (DDPMSampler, DDIMSampler, GaussianOracle, DatasetOracle, StepOutput, Trajectory,
+                                     sample, sample_run, make_sampler, ddim_timesteps, frame_indices, slerp,
+                                     save_denoising_gif, trajectory_frames, reverse_slider)
+
+T = 1000
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    "Tiny tensors: one thread is faster than two on a busy machine."
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def paper_alphas(betas):
+    "ᾱ_t and ᾱ_{t−1} (ᾱ_{−1} = 1) in float64, from the betas alone."
+    b = np.asarray(betas, np.float64)
+    ab = np.cumprod(1 - b)
+    return b, ab, np.r_[1.0, ab[:-1]]
+
+
+def targets(objective, x0, eps, ab):
+    "What a network with objective `objective` outputs for x_t = √ᾱ x_0 + √(1−ᾱ) ε (numpy)."
+    return {'eps': eps, 'x0': x0, 'v': np.sqrt(ab) * eps - np.sqrt(1 - ab) * x0}[objective]
+
+
+# ---------------------------------------------------------------- DDPM: Ho et al. (2020), eq. 6–7 and Algorithm 2
+
+def test_linear_betas_are_the_papers():
+    "The linear schedule is Ho et al.'s β_1 = 1e-4 … β_T = 0.02, so the formulas below start from the paper's numbers."
+    assert np.allclose(NoiseSchedule('linear', T).betas.double().numpy(), np.linspace(1e-4, 0.02, T), atol=1e-9)
+
+
+@pytest.mark.parametrize('kind', ['linear', 'cosine'])
+@pytest.mark.parametrize('variance', ['posterior', 'beta'])
+@pytest.mark.parametrize('objective', OBJECTIVES)
+def test_ddpm_step_matches_paper(kind, variance, objective):
+    schedule = NoiseSchedule(kind, T)
+    b, ab, ab_prev = paper_alphas(schedule.betas.double().numpy())
+    rng = np.random.default_rng(0)
+    sampler = DDPMSampler(schedule, objective, variance=variance, clip_x0=False)
+    for t in [999, 700, 250, 10, 1, 0]:
+        x0, eps, z = (rng.standard_normal((2, 3, 4, 4)) * 0.5 for _ in range(3))
+        x_t = np.sqrt(ab[t]) * x0 + np.sqrt(1 - ab[t]) * eps                       # eq. 4
+        out = sampler.step(torch.tensor(targets(objective, x0, eps, ab[t]), dtype=torch.float32), t,
+                           torch.tensor(x_t, dtype=torch.float32), noise=torch.tensor(z, dtype=torch.float32))
+        mean = (np.sqrt(ab_prev[t]) * b[t] / (1 - ab[t]) * x0
+                + np.sqrt(1 - b[t]) * (1 - ab_prev[t]) / (1 - ab[t]) * x_t)       # μ̃_t, eq. 7
+        if objective == 'eps':                                                      # Algorithm 2's form of the mean
+            assert np.allclose(mean, (x_t - b[t] / np.sqrt(1 - ab[t]) * eps) / np.sqrt(1 - b[t]), atol=1e-9)
+        var = (b[t] * (1 - ab_prev[t]) / (1 - ab[t])) if variance == 'posterior' else b[t]   # β̃_t or β_t
+        want = mean + (np.sqrt(var) * z if t > 0 else 0)
+        assert isinstance(out, StepOutput)
+        assert np.allclose(out.prev_sample.double().numpy(), want, atol=2e-4), t
+        tol = 2e-4 + 2e-7 / np.sqrt(ab[t])            # x̂_0 = x_t/√ᾱ − …: float32 rounding grows like 1/√ᾱ_t
+        assert np.allclose(out.pred_original_sample.double().numpy(), x0, atol=tol), t
+
+
+def test_ddpm_clips_x0_before_the_mean():
+    schedule = NoiseSchedule('linear', T)
+    b, ab, ab_prev = paper_alphas(schedule.betas.double().numpy())
+    t, x_t, eps = 600, torch.randn(2, 3, 4, 4), 3 * torch.randn(2, 3, 4, 4)
+    out = DDPMSampler(schedule, 'eps', clip_x0=True).step(eps, t, x_t, noise=torch.zeros_like(x_t))
+    x0 = np.clip((x_t.double().numpy() - np.sqrt(1 - ab[t]) * eps.double().numpy()) / np.sqrt(ab[t]), -1, 1)
+    mean = np.sqrt(ab_prev[t]) * b[t] / (1 - ab[t]) * x0 + np.sqrt(1 - b[t]) * (1 - ab_prev[t]) / (1 - ab[t]) * x_t.double().numpy()
+    assert out.pred_original_sample.abs().max() <= 1 and np.allclose(out.prev_sample.numpy(), mean, atol=1e-4)
+
+
+# ---------------------------------------------------------------- DDIM: Song et al. (2020), eq. 12 and 16
+
+def paper_timesteps(spacing, steps):
+    i = np.arange(steps)
+    if spacing == 'uniform': ts = np.floor(i * T / steps)
+    elif spacing == 'trailing': ts = np.round(np.arange(T, 0, -T / steps)) - 1          # diffusers' "trailing"
+    else: ts = np.floor(np.linspace(0, np.sqrt(0.8 * T), steps) ** 2)
+    return sorted(ts.astype(int).tolist(), reverse=True)
+
+
+@pytest.mark.parametrize('spacing,steps', [('uniform', 10), ('uniform', 37), ('uniform', 1000), ('trailing', 10),
+                                           ('trailing', 50), ('quadratic', 10), ('quadratic', 20)])
+def test_ddim_timesteps(spacing, steps):
+    assert ddim_timesteps(T, steps, spacing).tolist() == paper_timesteps(spacing, steps)
+
+
+def test_ddim_quadratic_repeats_are_nudged_apart():
+    ts = ddim_timesteps(T, 50, 'quadratic').tolist()
+    assert len(set(ts)) == 50 and ts == sorted(ts, reverse=True) and ts[-1] == 0 and ts[0] <= T - 1
+
+
+@pytest.mark.parametrize('spacing,steps', [('uniform', 10), ('uniform', 37), ('trailing', 25), ('quadratic', 20)])
+@pytest.mark.parametrize('eta', [0.0, 0.5, 1.0])
+@pytest.mark.parametrize('objective', OBJECTIVES)
+def test_ddim_step_matches_paper(spacing, steps, eta, objective):
+    schedule = NoiseSchedule('cosine' if spacing == 'trailing' else 'linear', T)
+    _, ab, _ = paper_alphas(schedule.betas.double().numpy())
+    sampler = DDIMSampler(schedule, objective, steps=steps, eta=eta, spacing=spacing, clip_x0=False)
+    ts = sampler.timesteps.tolist()
+    rng = np.random.default_rng(1)
+    for k in [0, 1, len(ts) // 2, len(ts) - 2, len(ts) - 1]:
+        t, tp = ts[k], (ts[k + 1] if k + 1 < len(ts) else -1)
+        a, ap = ab[t], (ab[tp] if tp >= 0 else 1.0)                                  # ᾱ_t, ᾱ_{t'} (ᾱ_{−1} = 1)
+        sigma = eta * np.sqrt((1 - ap) / (1 - a)) * np.sqrt(1 - a / ap)              # eq. 16
+        c = sampler.coefficients(t)
+        assert c['t_prev'] == tp and math.isclose(c['sigma'], sigma, rel_tol=1e-5, abs_tol=1e-9)
+        assert math.isclose(c['x0'], np.sqrt(ap), rel_tol=1e-6) and math.isclose(c['eps'], np.sqrt(max(1 - ap - sigma ** 2, 0)), rel_tol=1e-5, abs_tol=1e-7)
+        x0, eps, z = (rng.standard_normal((2, 3, 4, 4)) * 0.5 for _ in range(3))
+        x_t = np.sqrt(a) * x0 + np.sqrt(1 - a) * eps
+        out = sampler.step(torch.tensor(targets(objective, x0, eps, a), dtype=torch.float32), t,
+                           torch.tensor(x_t, dtype=torch.float32), noise=torch.tensor(z, dtype=torch.float32))
+        want = np.sqrt(ap) * x0 + np.sqrt(1 - ap - sigma ** 2) * eps + sigma * z      # eq. 12
+        assert np.allclose(out.prev_sample.double().numpy(), want, atol=3e-4), (t, tp)
+
+
+def test_ddim_eta1_all_steps_has_ddpm_coefficients():
+    schedule = NoiseSchedule('linear', T)
+    b, ab, ab_prev = paper_alphas(schedule.betas.double().numpy())
+    sampler = DDIMSampler(schedule, steps=T, eta=1.0)
+    for t in [999, 500, 37, 1]:
+        c = sampler.coefficients(t)
+        a = ab[t]
+        # written as weights of x̂_0 and x_t (ε̂ = (x_t − √ᾱ x̂_0)/√(1−ᾱ)) they are DDPM's posterior coefficients
+        w_x0, w_xt = c['x0'] - c['eps'] * np.sqrt(a) / np.sqrt(1 - a), c['eps'] / np.sqrt(1 - a)
+        assert math.isclose(w_x0, np.sqrt(ab_prev[t]) * b[t] / (1 - a), rel_tol=1e-4)
+        assert math.isclose(w_xt, np.sqrt(1 - b[t]) * (1 - ab_prev[t]) / (1 - a), rel_tol=1e-4)
+        assert math.isclose(c['sigma'] ** 2, b[t] * (1 - ab_prev[t]) / (1 - a), rel_tol=1e-4)
+
+
+@pytest.mark.parametrize('objective', OBJECTIVES)
+def test_ddim_eta1_all_steps_is_ddpm(objective):
+    schedule = NoiseSchedule('linear', T)
+    oracle = GaussianOracle(schedule, objective, mean=0.3, std=0.6)                   # clipping is active here
+    a = sample(oracle, DDPMSampler(schedule, objective), 4, 8, generator=torch.Generator().manual_seed(5))
+    b = sample(oracle, DDIMSampler(schedule, objective, steps=T, eta=1.0), 4, 8, generator=torch.Generator().manual_seed(5))
+    assert (a - b).abs().max() < 1e-4
+
+
+def test_ddim_eta0_is_deterministic():
+    schedule = NoiseSchedule('cosine', T)
+    oracle = GaussianOracle(schedule, 'v', mean=0.1, std=0.4)
+    x_T = torch.randn(3, 3, 8, 8)
+    runs = [sample(oracle, DDIMSampler(schedule, 'v', steps=25), 3, 8, x_T=x_T, generator=torch.Generator().manual_seed(s))
+            for s in (0, 1)]
+    assert torch.equal(runs[0], runs[1])
+    noisy = [sample(oracle, DDIMSampler(schedule, 'v', steps=25, eta=0.7), 3, 8, x_T=x_T, generator=torch.Generator().manual_seed(s))
+             for s in (0, 1)]
+    assert not torch.allclose(noisy[0], noisy[1])
+
+
+# ---------------------------------------------------------------- end to end: the exact denoiser for Gaussian data
+
+def linear_chain_moments(betas, pairs, mu, var, sigma_fn, weights_fn):
+    "Mean and variance of a reverse chain that is linear in x_t for N(μ, σ²) data (float64)."
+    _, ab, _ = paper_alphas(betas)
+    m, v = 0.0, 1.0
+    for t, tp in pairs:
+        a, ap = ab[t], (ab[tp] if tp >= 0 else 1.0)
+        gain = np.sqrt(a) * var / (a * var + 1 - a)                                   # E[x_0|x_t] = μ + gain (x_t − √ᾱ μ)
+        w0, wt = weights_fn(t, a, ap)                                                 # x_t' = w0 x̂_0 + wt x_t + s z
+        s = sigma_fn(t, a, ap)
+        A, B = w0 * gain + wt, w0 * mu * (1 - gain * np.sqrt(a))                      # = A x_t + B + s z
+        m, v = A * m + B, A * A * v + s * s
+    return m, v
+
+
+@pytest.mark.parametrize('variance', ['posterior', 'beta'])
+@pytest.mark.parametrize('objective', OBJECTIVES)
+def test_ddpm_samples_gaussian_data(objective, variance):
+    schedule, mu, sd = NoiseSchedule('linear', T), 0.2, 0.5
+    b = schedule.betas.double().numpy()
+    x = sample(GaussianOracle(schedule, objective, mu, sd), DDPMSampler(schedule, objective, variance, clip_x0=False),
+               32, 8, generator=torch.Generator().manual_seed(0))
+    weights = lambda t, a, ap: (np.sqrt(ap) * b[t] / (1 - a), np.sqrt(1 - b[t]) * (1 - ap) / (1 - a))
+    sig = lambda t, a, ap: 0.0 if t == 0 else np.sqrt(b[t] * (1 - ap) / (1 - a) if variance == 'posterior' else b[t])
+    m, v = linear_chain_moments(b, [(t, t - 1) for t in range(T - 1, -1, -1)], mu, sd ** 2, sig, weights)
+    n = x.numel()
+    assert abs(x.mean().item() - m) < 5 * math.sqrt(v / n) and abs(x.var().item() / v - 1) < 5 * math.sqrt(2 / n)
+    assert abs(m - mu) < 0.01 and abs(v / sd ** 2 - 1) < 0.03                         # the chain itself is right
+
+
+@pytest.mark.parametrize('steps,spacing,eta', [(10, 'uniform', 0.0), (50, 'trailing', 0.0), (20, 'quadratic', 1.0),
+                                               (100, 'uniform', 0.3)])
+def test_ddim_samples_gaussian_data(steps, spacing, eta):
+    schedule, mu, sd = NoiseSchedule('linear', T), -0.1, 0.7
+    b = schedule.betas.double().numpy()
+    smp = DDIMSampler(schedule, 'eps', steps=steps, eta=eta, spacing=spacing, clip_x0=False)
+    x = sample(GaussianOracle(schedule, 'eps', mu, sd), smp, 64, 8, generator=torch.Generator().manual_seed(0))
+    sig = lambda t, a, ap: eta * np.sqrt((1 - ap) / (1 - a) * (1 - a / ap))
+    def weights(t, a, ap):
+        k = np.sqrt(1 - ap - sig(t, a, ap) ** 2)
+        return np.sqrt(ap) - k * np.sqrt(a) / np.sqrt(1 - a), k / np.sqrt(1 - a)
+    ts = smp.timesteps.tolist()
+    m, v = linear_chain_moments(b, list(zip(ts, ts[1:] + [-1])), mu, sd ** 2, sig, weights)
+    n = x.numel()
+    assert abs(x.mean().item() - m) < 5 * math.sqrt(v / n) and abs(x.var().item() / v - 1) < 5 * math.sqrt(2 / n)
+    if steps >= 100: assert abs(v / sd ** 2 - 1) < 0.05
+
+
+def test_ddim_inversion_round_trip():
+    schedule = NoiseSchedule('linear', T)
+    oracle = GaussianOracle(schedule, 'eps', 0.0, 0.6)
+    x0 = 0.6 * torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    errs = []
+    for steps in (20, 200):
+        smp = DDIMSampler(schedule, 'eps', steps=steps, clip_x0=False)
+        noise = smp.invert(oracle, x0)
+        errs.append((sample(oracle, smp, 4, 8, x_T=noise) - x0).pow(2).mean().sqrt().item())
+    assert errs[1] < errs[0] and errs[1] < 0.02
+    assert 0.8 < noise.std().item() < 1.2                                              # it looks like noise
+
+
+def test_dataset_oracle_memorises():
+    schedule = NoiseSchedule('linear', T)
+    train = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    oracle = DatasetOracle(schedule, train, 'x0')
+    x = sample(oracle, DDIMSampler(schedule, 'x0', steps=20), 5, 8, generator=torch.Generator().manual_seed(1))
+    assert torch.cdist(x.flatten(1), train.flatten(1)).min(1).values.max() < 1e-3
+    x0 = oracle(train * 0.999, torch.zeros(6, dtype=torch.long))                      # t = 0: the nearest image
+    assert torch.allclose(x0, train, atol=1e-4)
+
+
+# ---------------------------------------------------------------- reproducibility, trajectories, GIF, slider
+
+def test_seed_reproduces_samples():
+    schedule = NoiseSchedule('linear', T)
+    oracle = GaussianOracle(schedule, 'eps', 0.0, 0.5)
+    for smp in (DDPMSampler(schedule), DDIMSampler(schedule, steps=20, eta=0.5)):
+        a, b, c = (sample(oracle, smp, 2, 8, generator=torch.Generator().manual_seed(s)) for s in (7, 7, 8))
+        assert torch.equal(a, b) and not torch.allclose(a, c)
+
+
+def test_trajectory_and_stop_noise():
+    schedule = NoiseSchedule('linear', 100)
+    oracle = GaussianOracle(schedule, 'eps', 0.0, 0.5)
+    x, traj = sample(oracle, DDPMSampler(schedule), 3, 8, generator=torch.Generator().manual_seed(0),
+                     return_trajectory=True, every=7)
+    assert isinstance(traj, Trajectory) and traj.timesteps[:3] == [99, 92, 85] and traj.timesteps[-1] == -1
+    assert traj.x_t.shape == (len(traj), 3, 3, 8, 8) == traj.x0_hat.shape and traj.x_t.dtype == torch.float16
+    assert torch.allclose(traj.x_t[-1].float(), x, atol=1e-2)
+    quiet = [sample(oracle, DDPMSampler(schedule), 3, 8, generator=torch.Generator().manual_seed(s),
+                    x_T=torch.ones(3, 3, 8, 8), stop_noise_after=0) for s in (0, 1)]
+    assert torch.equal(*quiet)                                                         # no noise: no randomness
+    late = [sample(oracle, DDPMSampler(schedule), 3, 8, generator=torch.Generator().manual_seed(s),
+                   x_T=torch.ones(3, 3, 8, 8), stop_noise_after=50) for s in (0, 1)]
+    assert not torch.allclose(*late)
+
+
+def test_gif_and_slider(tmp_path):
+    schedule = NoiseSchedule('linear', 200)
+    oracle = GaussianOracle(schedule, 'eps', 0.0, 0.5)
+    _, traj = sample(oracle, DDPMSampler(schedule), 4, 16, generator=torch.Generator().manual_seed(0),
+                     return_trajectory=True, every=2)
+    idx = frame_indices(len(traj), 20)
+    assert idx[0] == 0 and idx[-1] == len(traj) - 1 and np.diff(idx)[-3:].mean() < np.diff(idx)[:3].mean()
+    pics, labels, ts = trajectory_frames(traj, 20, nrow=2)
+    assert pics.dtype == torch.uint8 and pics.shape[:3] == (len(idx), 2, 3) and labels[-1] == 'result'
+    path = save_denoising_gif(traj, tmp_path / 'd.gif', frames=20, nrow=2, scale=1)
+    with Image.open(path) as gif: assert gif.n_frames == len(idx)
+    box = reverse_slider(traj, nrow=2, frames=20)
+    assert list(box.slider.options) == ts and len(box.images) == 2
+
+
+# ---------------------------------------------------------------- runs and bad input
+
+def test_sample_run_from_a_run_folder(tmp_path):
+    from face_diffusion.data import synthetic_faces
+    from face_diffusion.training import Trainer, TrainConfig, load_run
+    from face_diffusion.unet import UNetConfig
+    images, _ = synthetic_faces(8, size=32, seed=0)
+    tc = TrainConfig(steps=1, batch_size=4, warmup_steps=0, log_every=1, save_every=1, sample_every=0, sample_n=1,
+                     sample_steps=1, T=100)
+    Trainer(UNetConfig.preset('tiny'), tc, images, tmp_path / 'run', device='cpu', progress=False).fit()
+    run = load_run(tmp_path / 'run')
+    a = sample_run(run, 2, sampler='ddim', steps=5, seed=3)
+    assert a.shape == (2, 3, 32, 32) and a.min() >= -1 and a.max() <= 1
+    assert torch.equal(a, sample_run(run, 2, sampler='ddim', steps=5, seed=3))
+    b, traj = sample_run(run, 1, sampler='ddpm', seed=0, return_trajectory=True, every=10)
+    assert len(traj) == 11 and b.shape == (1, 3, 32, 32)
+    with pytest.raises(ValueError, match='steps'): sample_run(run, 1, sampler='ddim', steps=101)
+    with pytest.raises(ValueError, match='ddim'): sample_run(run, 1, sampler='ddpm', steps=10)
+
+
+@pytest.mark.parametrize('make', [
+    lambda s: DDPMSampler(s, 'noise'), lambda s: DDPMSampler(s, variance='large'),
+    lambda s: DDIMSampler(s, steps=0), lambda s: DDIMSampler(s, steps=T + 1), lambda s: DDIMSampler(s, eta=1.5),
+    lambda s: DDIMSampler(s, spacing='log'), lambda s: make_sampler('euler', s),
+    lambda s: DDIMSampler(s, steps=10).step(torch.zeros(1, 3, 4, 4), 5, torch.zeros(1, 3, 4, 4)),
+    lambda s: DDPMSampler(s).step(torch.zeros(1, 3, 4, 4), T, torch.zeros(1, 3, 4, 4)),
+    lambda s: sample(GaussianOracle(s), DDPMSampler(s), 1, 4, stop_noise_after=T + 1),
+    lambda s: sample(GaussianOracle(s), DDPMSampler(s), 1, 4, x_T=torch.zeros(1, 3, 5, 5)),
+    lambda s: sample(GaussianOracle(s), DDPMSampler(s), 0, 4),
+])
+def test_bad_input_is_one_line_value_error(make):
+    with pytest.raises(ValueError) as e: make(NoiseSchedule('linear', T))
+    assert '\n' not in str(e.value)
+
+
+def test_slerp_keeps_the_norm():
+    a, b = torch.randn(2, 1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(slerp(a, b, 0.0), a, atol=1e-5) and torch.allclose(slerp(a, b, 1.0), b, atol=1e-5)
+    assert abs(slerp(a, b, 0.5).norm() / a.norm() - 1) < 0.05
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
+def test_cuda_sampling_matches_cpu_seed():
+    schedule = NoiseSchedule('linear', T)
+    oracle = GaussianOracle(schedule, 'eps', 0.0, 0.5)
+    a = sample(oracle, DDIMSampler(schedule, steps=20, eta=0.5), 2, 8, generator=torch.Generator().manual_seed(1))
+    b = sample(oracle, DDIMSampler(schedule, steps=20, eta=0.5), 2, 8, generator=torch.Generator().manual_seed(1), device='cuda')
+    assert b.device.type == 'cuda' and torch.allclose(a, b.cpu(), atol=1e-4)
