@@ -40,3 +40,8 @@ nbtest: $(STAMP)
 
 pytest: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q tests
+
+## Speed against the anchors (bench/README.md): a tiny CPU smoke run here; pass ARGS for a GPU run.
+bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[bench]"
+	$(BIN)/python -m bench.train_bench $(or $(ARGS),--tiny)

@@ -9,9 +9,9 @@ from face_diffusion.cli import main
 from face_diffusion.data import image_grid, synthetic_faces
 
 
-def cli(*args, cwd=None):
+def cli(*args, cwd=None, timeout=300):
     return subprocess.run([sys.executable, '-m', 'face_diffusion.cli', *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, timeout=120)
+                          capture_output=True, text=True, cwd=cwd, timeout=timeout)
 
 
 def test_faces_writes_the_grid(tmp_path):
@@ -27,7 +27,7 @@ def test_faces_writes_the_grid(tmp_path):
 def test_help_for_every_subcommand(capsys):
     r = cli('--help')                                                      # in a process, as a person runs it
     assert r.returncode == 0 and 'faces' in r.stdout and 'demo' in r.stdout
-    for name, option in [('faces', '--size'), ('demo', '--out-dir')]:
+    for name, option in [('faces', '--size'), ('train', '--resume'), ('sample', '--sampler'), ('demo', '--minutes')]:
         with pytest.raises(SystemExit) as e: main([name, '--help'])
         out = capsys.readouterr().out
         assert e.value.code == 0 and option in out and f'face-diffusion {name}' in out, (name, out)
@@ -61,8 +61,50 @@ def test_bad_value_in_a_process(tmp_path):
     assert not (tmp_path / 'f.png').exists()
 
 
-def test_demo_writes_faces(tmp_path):
-    r = cli('demo', cwd=tmp_path)
+def test_demo_trains_and_samples(tmp_path):
+    "The main job end to end, with a training budget of about a second (the real demo trains for 10 minutes)."
+    r = cli('demo', '--minutes', '0.02', '--device', 'cpu', cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stderr
-    assert (tmp_path / 'demo_out' / 'faces.png').is_file() and 'faces.png' in r.stdout
-    assert Image.open(tmp_path / 'demo_out' / 'faces.png').size == (2 + 8 * 66, 2 + 8 * 66)
+    out = tmp_path / 'demo_out'
+    for name in ['samples.png', 'denoising.gif', 'run/config.json', 'run/ema.safetensors']:
+        assert (out / name).is_file(), (name, r.stdout)
+    assert Image.open(out / 'samples.png').size == (2 + 8 * 34, 2 + 8 * 34)       # 64 faces of 32 px
+    assert 'training images/s' in r.stdout
+    again = cli('demo', '--minutes', '0.02', cwd=tmp_path)                         # an earlier run is kept
+    assert again.returncode == 2 and 'pass --overwrite' in again.stderr and len(again.stderr.strip().splitlines()) == 1
+
+
+def test_train_resume_and_sample(tmp_path):
+    run = tmp_path / 'run'
+    base = ['train', '--model', 'tiny', '--size', '16', '--n-images', '32', '--batch', '4', '--out', run]
+    r = cli(*base, '--steps', '4')
+    assert r.returncode == 0, r.stderr
+    assert (run / 'checkpoints' / 'step_000004').is_dir()
+    r = cli('train', '--out', run, '--resume', '--n-images', '32', '--steps', '2')  # two more steps of the same run
+    assert r.returncode == 0, r.stderr
+    assert (run / 'checkpoints' / 'step_000006').is_dir()
+    r = cli(*base, '--steps', '4')                                                 # never replaced by accident
+    assert r.returncode == 2 and '--overwrite' in r.stderr and (run / 'checkpoints' / 'step_000006').is_dir()
+    r = cli('sample', '--run', run, '--n', '4', '--steps', '3', '--seed', '7', '--out', tmp_path / 'a.png')
+    r2 = cli('sample', '--run', run, '--n', '4', '--steps', '3', '--seed', '7', '--out', tmp_path / 'b.png')
+    assert r.returncode == r2.returncode == 0, r.stderr + r2.stderr
+    assert np.array_equal(np.array(Image.open(tmp_path / 'a.png')), np.array(Image.open(tmp_path / 'b.png')))
+
+
+@pytest.mark.parametrize('args, words', [
+    (['sample', '--run', 'no_such_run'], 'not a run folder'),
+    (['sample', '--sampler', 'euler'], '--sampler must be one of ddpm, ddim'),
+    (['sample', '--eta', '1.5'], '--eta must be from 0 to 1'),
+    (['sample', '--n', '0'], '--n must be from 1 to 1024'),
+    (['train', '--model', 'huge'], 'unknown U-Net preset'),
+    (['train', '--objective', 'noise'], '--objective must be one of eps, x0, v'),
+    (['train', '--data', 'no_such_folder'], 'no_such_folder'),
+    (['train', '--steps', '0'], '--steps must be at least 1'),
+    (['train', '--lr', 'fast'], '--lr must be a number'),
+    (['demo', '--minutes', '-1'], '--minutes must be a finite number'),
+])
+def test_train_sample_demo_bad_values(args, words, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith('face-diffusion: error:') and words in err and len(err.strip().splitlines()) == 1, err
