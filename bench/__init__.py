@@ -1,0 +1,1 @@
+"Benchmarks run by hand (not in CI): see bench/README.md."
