@@ -14,13 +14,6 @@ from face_diffusion.sampling import (DDPMSampler, DDIMSampler, GaussianOracle, D
 T = 1000
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    "Tiny tensors: one thread is faster than two on a busy machine."
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def paper_alphas(betas):

@@ -23,13 +23,6 @@ def small(**kw):
     return TrainConfig(**{**base, **kw})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    "One CPU thread per test process: on a busy 2-core machine two threads wait on each other (measured 17× slower)."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope='module')
