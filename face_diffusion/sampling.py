@@ -66,7 +66,7 @@ class DDPMSampler(_Sampler):
         x0_hat, _ = split_prediction(s, self.objective, x_t, t, model_output)   # x̂_0 from ε̂, x̂_0 or v̂
         x0_hat = self._clip(x0_hat)                                             # keep x̂_0 in [−1, 1]
         mean, _, _ = q_posterior(s, x0_hat, x_t, t)                             # μ̃ = c1 x̂_0 + c2 x_t
-        if t == 0: return StepOutput(mean, x0_hat)                              # x_0 = μ̃_1: no noise at the end
+        if t == 0: return StepOutput(mean, x0_hat)                              # t = 0: return the mean, no noise at the end
         z = noise if noise is not None else _randn(x_t.shape, generator, x_t.device, x_t.dtype)
         return StepOutput(mean + extract(self.sigmas(s), t, x_t.shape) * z, x0_hat)   # x_{t−1} = μ̃ + σ_t z
 

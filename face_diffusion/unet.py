@@ -1,4 +1,4 @@
-"""The network that looks at a noisy image $x_t$ and its timestep $t$ and answers with an image of the same shape: the seed's simple U-Net, then a modern one with residual blocks, GroupNorm, time scale-and-shift and self-attention.
+"""The network that looks at a noisy image $x_t$ and its timestep $t$ and answers with an image of the same shape: the simple U-Net this course started from, then a modern one with residual blocks, GroupNorm, time scale-and-shift and self-attention.
 
 Docs: https://face-diffusion.github.io/face_diffusion/unet.html.md"""
 
