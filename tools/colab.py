@@ -1,6 +1,6 @@
 """Give every notebook its "Open in Colab" badge and a first code cell that installs the package in
 Colab only. The repository address comes from pyproject.toml, so it is written in one place.
-Also keeps each notebook's metadata to its kernel (no saved widget state, no editor leftovers).
+Also keeps each notebook's metadata to its kernel and drops saved widget views (no widget state, no editor leftovers).
 
     python tools/colab.py          # write the cells
     python tools/colab.py --check  # exit 1 naming each notebook that is out of step
@@ -33,6 +33,13 @@ def fixed(nb, name, url):
     at = 1 if cells and cells[0]["cell_type"] == "markdown" and src(cells[0]).lstrip().startswith("# ") else 0
     return cells[:at] + [badge_cell(url, name), install_cell(url)] + cells[at:]
 
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+def without_widget_views(cells):
+    "Saved outputs that point at live widget models show nothing without a kernel: leave them out."
+    return [{**c, "outputs": [o for o in c["outputs"] if WIDGET_VIEW not in o.get("data", {})]} if "outputs" in c else c
+            for c in cells]
+
 KERNEL = {"kernelspec": {"display_name": "python3", "language": "python", "name": "python3"}}
 
 def same(a, b):
@@ -43,8 +50,9 @@ def main(check=False):
     url, bad = repo_url(), []
     for p in sorted((ROOT / "nbs").glob("*.ipynb")):
         nb = read_nb(p)
-        want = fixed(nb, p.name, url)
-        if same(nb["cells"], want) and nb.get("metadata") == KERNEL: continue
+        want = without_widget_views(fixed(nb, p.name, url))
+        if same(nb["cells"], want) and nb["cells"] == without_widget_views(nb["cells"]) and nb.get("metadata") == KERNEL:
+            continue
         if check: bad.append(p.name); continue
         nb["cells"], nb["metadata"] = want, KERNEL
         write_nb(nb, p)
