@@ -22,7 +22,7 @@ demo: $(STAMP)
 ## Every check, in order: export in sync, notebooks clean, README in sync, notebooks, pytest.
 test: $(STAMP) browser-deps
 	$(BIN)/python tools/check_sync.py
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/nbdev-test --n_workers 2 --timing
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/nbdev-test --n-workers 2 --timing
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q tests
 
 browser-deps:
@@ -36,7 +36,7 @@ sync-check: $(STAMP)
 	$(BIN)/python tools/check_sync.py
 
 nbtest: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/nbdev-test --n_workers 2 --timing
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/nbdev-test --n-workers 2 --timing
 
 pytest: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q tests
