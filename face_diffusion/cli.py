@@ -137,14 +137,16 @@ def run_train(args):
         unet = model_config(args.model, size)
         _choice(args.objective, '--objective', OBJECTIVES); _choice(args.schedule, '--schedule', SCHEDULES)
         _choice(args.precision, '--precision', PRECISIONS); _choice(args.crop, '--crop', ('center', 'celeba'))
-        images = load_training_images(args.data, size, _whole(args.n_images, '--n-images', 1), crop=args.crop)
-        batch = _whole(args.batch, '--batch', 1)
+        batch, n_images = _whole(args.batch, '--batch', 1), _whole(args.n_images, '--n-images', 1)
         if args.steps is not None and args.epochs is not None: raise ValueError("give --steps or --epochs, not both")
-        steps = (_whole(args.steps, '--steps', 1) if args.steps is not None else
-                 _whole(args.epochs, '--epochs', 1) * steps_per_epoch(len(images), batch) if args.epochs is not None else 5000)
+        steps = None if args.steps is None else _whole(args.steps, '--steps', 1)
+        epochs = None if args.epochs is None else _whole(args.epochs, '--epochs', 1)
+        lr, T = _number(args.lr, '--lr', 1e-12), _whole(args.T, '--T', 2, 100_000)
+        images = load_training_images(args.data, size, n_images, crop=args.crop)    # options checked first: fail fast
+        steps = steps or (epochs * steps_per_epoch(len(images), batch) if epochs else 5000)
         every = lambda opt, name: max(1, steps // 10) if opt is None else _whole(opt, name, 1)
-        tc = TrainConfig(objective=args.objective, schedule=args.schedule, T=_whole(args.T, '--T', 2, 100_000),
-                         lr=_number(args.lr, '--lr', 1e-12), batch_size=batch, steps=steps,
+        tc = TrainConfig(objective=args.objective, schedule=args.schedule, T=T,
+                         lr=lr, batch_size=batch, steps=steps,
                          warmup_steps=min(200, steps // 10), precision=args.precision,
                          sample_every=every(args.sample_every, '--sample-every'), save_every=every(args.save_every, '--save-every'),
                          log_every=max(1, min(50, steps // 20)), seed=_whole(args.seed, '--seed', 0))
