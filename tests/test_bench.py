@@ -101,3 +101,15 @@ def test_targets_are_judged_from_the_rows():
     assert "5x lucidrains eager [fp32] at matched FLOPs: 6.00x -> met" in lines
     assert "2x lucidrains compiled [fp32+compile] at matched FLOPs: 1.50x -> NOT met" in lines
     assert "MFU >= 30%: 33.0% -> met" in lines and "5.00 GiB -> met" in lines and "5.95x img/s -> met" in lines
+
+
+def test_cpu_recipe_trains_and_scores(tmp_path):
+    "The script behind the README's recipe table runs end to end (a few seconds of training, a few samples)."
+    r = subprocess.run([sys.executable, "-m", "bench.cpu_recipe", "train", "v-cosine-1e-3", "--minutes", "0.02",
+                        "--out", str(tmp_path), "--n", "8", "--ddim-steps", "3"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    import json
+    scored = json.loads(r.stdout.strip().splitlines()[-1])
+    assert scored["n"] == 8 and scored["swd_multiple"] > 0 and 0 <= scored["copied_fraction"] <= 1
+    assert (tmp_path / "v-cosine-1e-3" / "ema.safetensors").is_file()
