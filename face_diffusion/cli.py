@@ -171,13 +171,14 @@ def first_faces(traj: Trajectory, n: int = GIF_FACES) -> Trajectory:
 
 def add_sample(sub):
     p = sub.add_parser('sample', help='sample a grid (and a GIF) from a trained run',
-                       description='Sample faces from a run folder (default: the bundled pretrained model) with DDPM or '
-                                   'DDIM; write a grid PNG and, with --gif, the denoising as an animated GIF.')
+                       description='Sample faces from a run folder (default: the bundled pretrained model) with DDPM, '
+                                   'DDIM or DPM-Solver++; write a grid PNG and, with --gif, the denoising as an animated GIF.')
     p.add_argument('--run', dest='run_dir', default=None, metavar='DIR', help='run folder (default: the bundled pretrained model)')
     p.add_argument('--sampler', default='ddim', metavar='S', help=f"{', '.join(SAMPLERS)} (default: ddim)")
-    p.add_argument('--steps', default=None, metavar='N', help='sampling steps, 1 to T (default: 50 for ddim, T for ddpm)')
-    p.add_argument('--eta', default='0', metavar='ETA', help='DDIM noise, 0 (deterministic) to 1 (default: 0)')
-    p.add_argument('--spacing', default='uniform', metavar='SP', help=f"DDIM timestep spacing: {', '.join(SPACINGS)} (default: uniform)")
+    p.add_argument('--steps', default=None, metavar='N', help='sampling steps, 1 to T (default: 50 for ddim, 25 for dpm++, T for ddpm)')
+    p.add_argument('--eta', default='0', metavar='ETA', help='DDIM noise, 0 (deterministic) to 1 (default: 0; dpm++ takes only 0)')
+    p.add_argument('--spacing', default=None, metavar='SP',
+                   help=f"timestep spacing: {', '.join(SPACINGS)} (default: uniform for ddim, trailing for dpm++)")
     p.add_argument('--n', default='64', metavar='N', help='number of images, 1 to 1024 (default: 64)')
     p.add_argument('--seed', default='0', metavar='S', help='random seed (default: 0)')
     p.add_argument('--device', default=None, metavar='D', help="'cpu', 'cuda', … (default: cuda if available)")
@@ -186,7 +187,8 @@ def add_sample(sub):
     p.set_defaults(run=run_sample)
 
 def run_sample(args):
-    _choice(args.sampler, '--sampler', SAMPLERS); _choice(args.spacing, '--spacing', SPACINGS)
+    _choice(args.sampler, '--sampler', SAMPLERS)
+    if args.spacing is not None: _choice(args.spacing, '--spacing', SPACINGS)
     n, seed = _whole(args.n, '--n', 1, 1024), _whole(args.seed, '--seed', 0)
     eta = _number(args.eta, '--eta', 0.0)
     if eta > 1: raise ValueError(f"--eta must be from 0 to 1, got {args.eta}")

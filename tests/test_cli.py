@@ -46,6 +46,8 @@ def test_help_for_every_subcommand(capsys):
     (['sample', '--run', 'no_such_run'], 'not a run folder'),
     (['sample', '--sampler', 'euler'], '--sampler must be one of ddpm, ddim'),
     (['sample', '--eta', '1.5'], '--eta must be from 0 to 1'),
+    (['sample', '--sampler', 'dpm++', '--eta', '0.5'], 'the dpm++ sampler is deterministic'),
+    (['sample', '--spacing', 'even'], '--spacing must be one of uniform, trailing, quadratic'),
     (['sample', '--n', '0'], '--n must be from 1 to 1024'),
     (['train', '--model', 'huge'], 'unknown U-Net preset'),
     (['train', '--objective', 'noise'], '--objective must be one of eps, x0, v'),

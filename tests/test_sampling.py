@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from face_diffusion.forward import NoiseSchedule, OBJECTIVES
-from face_diffusion.sampling import (DDPMSampler, DDIMSampler, GaussianOracle, DatasetOracle, StepOutput, Trajectory,
+from face_diffusion.sampling import (DDPMSampler, DDIMSampler, DPMSolverSampler, GaussianOracle, DatasetOracle, StepOutput, Trajectory,
                                      sample, sample_run, make_sampler, ddim_timesteps, frame_indices, slerp,
                                      save_denoising_gif, trajectory_frames, reverse_slider)
 
@@ -127,6 +127,76 @@ def test_ddim_eta1_all_steps_has_ddpm_coefficients():
         assert math.isclose(w_x0, np.sqrt(ab_prev[t]) * b[t] / (1 - a), rel_tol=1e-4)
         assert math.isclose(w_xt, np.sqrt(1 - b[t]) * (1 - ab_prev[t]) / (1 - a), rel_tol=1e-4)
         assert math.isclose(c['sigma'] ** 2, b[t] * (1 - ab_prev[t]) / (1 - a), rel_tol=1e-4)
+
+
+# ---------------------------------------------------------------- DPM-Solver++(2M): Lu et al. (2022), Algorithm 2
+
+def paper_x0(objective, out, x, a, s):
+    "x̂_0 from a network output (numpy): ε → (x − σ ε)/α, v → α x − σ v, x_0 → itself."
+    return {'eps': (x - s * out) / a, 'v': a * x - s * out, 'x0': out}[objective]
+
+
+@pytest.mark.parametrize('spacing,steps', [('trailing', 10), ('uniform', 37), ('quadratic', 20)])
+@pytest.mark.parametrize('objective', OBJECTIVES)
+@pytest.mark.parametrize('kind', ['linear', 'cosine'])
+def test_dpm_solver_run_matches_paper(kind, spacing, steps, objective):
+    "A whole run with arbitrary network outputs against Algorithm 2, written from λ_t = log(α_t/σ_t) in float64."
+    schedule = NoiseSchedule(kind, T)
+    _, ab, _ = paper_alphas(schedule.betas.double().numpy())
+    sampler = DPMSolverSampler(schedule, objective, steps=steps, spacing=spacing, clip_x0=False)
+    ts = sampler.timesteps.tolist()
+    rng = np.random.default_rng(2)
+    outs = [rng.standard_normal((2, 3, 4, 4)) for _ in ts]
+    x_np = rng.standard_normal((2, 3, 4, 4))
+    x = torch.tensor(x_np, dtype=torch.float32)
+    alpha, sigma = np.sqrt(ab), np.sqrt(1 - ab)
+    lam = np.log(alpha / sigma)
+    x0s = []
+    for i, t in enumerate(ts):
+        x0s.append(paper_x0(objective, outs[i], x_np, alpha[t], sigma[t]))
+        if i + 1 == len(ts): x_np = x0s[-1]                                         # to σ = 0: x_0 = x̂_0
+        else:
+            tn = ts[i + 1]
+            h = lam[tn] - lam[t]
+            if i == 0: d = x0s[-1]                                                  # first step: DDIM
+            else:
+                r = (lam[t] - lam[ts[i - 1]]) / h                                   # r_i = h_{i−1} / h_i
+                d = (1 + 1 / (2 * r)) * x0s[-1] - 1 / (2 * r) * x0s[-2]             # D_i
+            x_np = sigma[tn] / sigma[t] * x_np - alpha[tn] * (np.exp(-h) - 1) * d
+        x = sampler.step(torch.tensor(outs[i], dtype=torch.float32), t, x).prev_sample
+        scale = max(1.0, np.abs(x_np).max())
+        assert np.allclose(x.double().numpy(), x_np, atol=2e-4 * scale, rtol=1e-4), (i, t)
+
+
+def test_dpm_solver_restarts_at_its_first_timestep():
+    "The remembered x̂_0 belongs to one run: a second run from the same noise gives the same images."
+    schedule = NoiseSchedule('cosine', T)
+    oracle = GaussianOracle(schedule, 'v', mean=0.1, std=0.4)
+    sampler = DPMSolverSampler(schedule, 'v', steps=12)
+    x_T = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(sample(oracle, sampler, 3, 8, x_T=x_T), sample(oracle, sampler, 3, 8, x_T=x_T))
+    with pytest.raises(ValueError, match='not one of'): sampler.step(torch.zeros(1, 3, 8, 8), 500, torch.zeros(1, 3, 8, 8))
+
+
+def test_dpm_solver_converges_faster_than_ddim():
+    "Exact denoiser of N(μ, σ²) data, trailing spacing: DPM-Solver++ at 20 steps lands closer to σ² than DDIM at 100."
+    schedule = NoiseSchedule('cosine', T)
+    mu, sd = 0.2, 0.5
+    oracle = GaussianOracle(schedule, 'eps', mean=mu, std=sd)
+    x_T = torch.randn(256, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    err = lambda smp: abs(sample(oracle, smp, 256, 8, x_T=x_T).var().item() / sd ** 2 - 1)
+    dpm20 = err(DPMSolverSampler(schedule, 'eps', steps=20, spacing='trailing', clip_x0=False))
+    ddim20 = err(DDIMSampler(schedule, 'eps', steps=20, spacing='trailing', clip_x0=False))
+    ddim100 = err(DDIMSampler(schedule, 'eps', steps=100, spacing='trailing', clip_x0=False))
+    assert dpm20 < ddim20 / 4 and dpm20 < ddim100, (dpm20, ddim20, ddim100)
+
+
+def test_make_sampler_defaults():
+    schedule = NoiseSchedule('cosine', T)
+    dpm, ddim = make_sampler('dpm++', schedule, 'v'), make_sampler('ddim', schedule, 'v')
+    assert isinstance(dpm, DPMSolverSampler) and len(dpm) == 25 and dpm.spacing == 'trailing'
+    assert isinstance(ddim, DDIMSampler) and len(ddim) == 50 and ddim.spacing == 'uniform'
+    with pytest.raises(ValueError, match='deterministic'): make_sampler('dpm++', schedule, 'v', eta=0.3)
 
 
 @pytest.mark.parametrize('objective', OBJECTIVES)
