@@ -1,8 +1,9 @@
-"""Quality of a training recipe on the CPU, as the README's tables report it: train the `cpu32` U-Net on synthetic
-faces for a wall-clock budget, sample with DDIM, and score the samples by patch SWD as a multiple of the
-real-vs-real floor (chapter 07). Also scores an existing run folder (e.g. the bundled model).
+"""Quality of a training recipe on the CPU, as the README's tables report it: train a small U-Net on synthetic faces
+for a wall-clock budget, sample, and score the samples by patch SWD as a multiple of the real-vs-real floor
+(chapter 07). Also scores an existing run folder (e.g. the bundled model).
 
-    python -m bench.cpu_recipe train v-cosine-1e-3 --minutes 10 --out runs/recipes   # one row of the recipe table
+    python -m bench.cpu_recipe list                                                   # the recipes, one line each
+    OMP_NUM_THREADS=1 python -m bench.cpu_recipe train v-bf16-minsnr5 --minutes 10    # one row of the recipe table
     python -m bench.cpu_recipe score face_diffusion/pretrained --n 1024 --floors 2    # a run's quality figures
 """
 import argparse, json, time
@@ -11,63 +12,78 @@ from pathlib import Path
 from face_diffusion.cli import measure_train_speed
 from face_diffusion.data import synthetic_faces
 from face_diffusion.metrics import nearest_neighbours, swd_multiple
-from face_diffusion.sampling import sample_run
+from face_diffusion.sampling import SAMPLERS, sample_run
 from face_diffusion.training import Trainer, TrainConfig, load_run
 from face_diffusion.unet import UNetConfig
 
-RECIPES = {
+V = dict(objective='v', schedule='cosine', lr=1e-3)
+RECIPES = {   # name: TrainConfig fields, plus 'unet' (changes to the cpu32 preset) and 'batch_size' (default 64)
     'eps-linear-2e-4': dict(objective='eps', schedule='linear', lr=2e-4),
     'eps-cosine-1e-3': dict(objective='eps', schedule='cosine', lr=1e-3),
-    'v-cosine-1e-3': dict(objective='v', schedule='cosine', lr=1e-3),
-    'v-cosine-2e-3': dict(objective='v', schedule='cosine', lr=2e-3),
+    'v-cosine-1e-3': dict(V),
+    'v-cosine-2e-3': dict(V, lr=2e-3),
+    'v-bf16': dict(V, precision='bf16'),
+    'v-bf16-wide32': dict(V, precision='bf16', unet=dict(base_channels=32, channel_mults=(1, 2, 2, 2))),
+    'v-bf16-minsnr5': dict(V, precision='bf16', min_snr_gamma=5.0),
+    'v-bf16-minsnr5-batch32': dict(V, precision='bf16', min_snr_gamma=5.0, batch_size=32),
+    'v-bf16-minsnr5-batch16': dict(V, precision='bf16', min_snr_gamma=5.0, batch_size=16),
+    'v-bf16-minsnr5-wide16': dict(V, precision='bf16', min_snr_gamma=5.0, unet=dict(channel_mults=(1, 3, 6, 6))),
 }
 REFERENCE_SEED, HELDOUT_SEED, FRESH_SEED = 1000, 2000, 3000     # held-out synthetic faces; training uses seed 0
 
-def score(run, n: int, steps: int = 50, floors: int = 4, seed: int = 1) -> dict:
-    "SWD × floor of n DDIM samples against held-out faces (floor averaged over `floors` draws), with a real-face control."
+def score(run, n: int, sampler: str = 'dpm++', steps: int = 50, floors: int = 4, seed: int = 1) -> dict:
+    "SWD × floor of n samples against held-out faces (floor averaged over `floors` draws), with a real-face control."
     size = run.image_size
     t0 = time.perf_counter()
-    samples = sample_run(run, n, 'ddim', steps=steps, seed=seed)
+    samples = sample_run(run, n, sampler, steps=steps, seed=seed)
     sampling_s = time.perf_counter() - t0
     reference = synthetic_faces(n, size=size, seed=REFERENCE_SEED)[0]
     heldout = synthetic_faces(floors * n, size=size, seed=HELDOUT_SEED)[0]
     fresh = synthetic_faces(n, size=size, seed=FRESH_SEED)[0]
     train = synthetic_faces(20_000, size=size, seed=0)[0]
-    return dict(n=n, ddim_steps=steps, sampling_s=round(sampling_s, 1),
-                swd_multiple=round(float(swd_multiple(samples, reference, heldout, n=n)), 2),
+    per_level = swd_multiple(samples, reference, heldout, n=n, per_level=True)
+    return dict(n=n, sampler=sampler, steps=steps, sampling_s=round(sampling_s, 1),
+                swd_multiple=round(per_level.mean, 2), by_level={f'{k}px': round(v, 2) for k, v in per_level.levels.items()},
                 real_faces_control=round(float(swd_multiple(fresh, reference, heldout, n=n)), 2),
                 copied_fraction=round(float(nearest_neighbours(samples[:256], train).copied.float().mean()), 3))
 
 def train(name: str, minutes: float, out: Path) -> Path:
     "Train recipe `name` for about `minutes` (steps from measured throughput) into out/name."
-    unet = UNetConfig.preset('cpu32', image_size=32)
-    ips = measure_train_speed(unet, 64, 'cpu', seconds=6)
-    steps = max(20, int(minutes * 60 * ips / 64 * 0.95))
-    tc = TrainConfig(batch_size=64, steps=steps, warmup_steps=min(200, steps // 10), sample_every=max(1, steps // 4),
-                     save_every=steps, log_every=50, seed=0, **RECIPES[name])
+    recipe = dict(RECIPES[name])
+    unet = UNetConfig.preset('cpu32', image_size=32, **recipe.pop('unet', {}))
+    batch = recipe.pop('batch_size', 64)
+    ips = measure_train_speed(unet, batch, 'cpu', precision=recipe.get('precision', 'auto'), seconds=6)
+    steps = max(20, int(minutes * 60 * ips / batch * 0.95))
+    tc = TrainConfig(batch_size=batch, steps=steps, warmup_steps=min(200, steps // 10), sample_every=max(1, steps // 4),
+                     save_every=steps, log_every=50, seed=0, **recipe)
     t0 = time.perf_counter()
     Trainer(unet, tc, synthetic_faces(20_000, size=32, seed=0)[0], out / name, overwrite=True, device='cpu',
             progress=False).fit()
-    print(json.dumps(dict(recipe=name, **RECIPES[name], steps=steps, train_minutes=round((time.perf_counter() - t0) / 60, 2))))
+    print(json.dumps(dict(recipe=name, **RECIPES[name], steps=steps, train_img_per_s=round(ips, 1),
+                          train_minutes=round((time.perf_counter() - t0) / 60, 2))))
     return out / name
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog='python -m bench.cpu_recipe', description=__doc__.split('\n\n')[0])
     sub = p.add_subparsers(dest='command', required=True)
+    sub.add_parser('list', help='the recipes and what each sets')
     t = sub.add_parser('train', help='train one recipe for a time budget, then score it')
     t.add_argument('recipe', choices=sorted(RECIPES))
     t.add_argument('--minutes', type=float, default=10.0)
     t.add_argument('--out', type=Path, default=Path('runs/recipes'))
-    t.add_argument('--n', type=int, default=256, help='samples to score (default 256)')
     s = sub.add_parser('score', help='score an existing run folder')
     s.add_argument('run', type=Path)
-    s.add_argument('--n', type=int, default=256)
     for q in (t, s):
-        q.add_argument('--ddim-steps', type=int, default=50)
+        q.add_argument('--n', type=int, default=256, help='samples to score (default 256)')
+        q.add_argument('--sampler', choices=SAMPLERS, default='dpm++', help='default dpm++')
+        q.add_argument('--steps', type=int, default=50, help='sampling steps (default 50)')
         q.add_argument('--floors', type=int, default=4, help='held-out draws averaged for the floor (default 4)')
     args = p.parse_args(argv)
+    if args.command == 'list':
+        for name, recipe in RECIPES.items(): print(f"{name:<26} {recipe}")
+        return
     run_dir = train(args.recipe, args.minutes, args.out) if args.command == 'train' else args.run
-    print(json.dumps(dict(run=str(run_dir), **score(load_run(run_dir), args.n, args.ddim_steps, args.floors))))
+    print(json.dumps(dict(run=str(run_dir), **score(load_run(run_dir), args.n, args.sampler, args.steps, args.floors))))
 
 if __name__ == '__main__':
     main()

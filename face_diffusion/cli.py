@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['PROG', 'IMAGE_SUFFIXES', 'GIF_FACES', 'SUBCOMMANDS', 'add_faces', 'run_faces', 'load_training_images', 'model_config',
            'add_train', 'run_train', 'pretrained_dir', 'first_faces', 'add_sample', 'run_sample', 'measure_train_speed',
-           'demo_plan', 'add_demo', 'run_demo', 'build_parser', 'main']
+           'fastest_precision', 'demo_plan', 'add_demo', 'run_demo', 'build_parser', 'main']
 
 # %% ../nbs/09_cli.ipynb #8b9d0a04
 import argparse, json, math, sys, time
@@ -113,6 +113,7 @@ def add_train(sub):
     p.add_argument('--objective', default='v', metavar='O', help=f"what the network predicts: {', '.join(OBJECTIVES)} (default: v)")
     p.add_argument('--schedule', default='cosine', metavar='S', help=f"noise schedule: {', '.join(SCHEDULES)} (default: cosine)")
     p.add_argument('--T', default='1000', metavar='T', help='diffusion steps (default: 1000)')
+    p.add_argument('--min-snr', default='5', metavar='GAMMA', help='min-SNR-γ loss weighting (Hang et al. 2023); 0 turns it off (default: 5)')
     p.add_argument('--precision', default='auto', metavar='P', help=f"{', '.join(PRECISIONS)} (default: auto)")
     p.add_argument('--sample-every', default=None, metavar='N', help='steps between sample grids (default: a tenth of the run)')
     p.add_argument('--save-every', default=None, metavar='N', help='steps between checkpoints (default: a tenth of the run)')
@@ -142,10 +143,11 @@ def run_train(args):
         steps = None if args.steps is None else _whole(args.steps, '--steps', 1)
         epochs = None if args.epochs is None else _whole(args.epochs, '--epochs', 1)
         lr, T = _number(args.lr, '--lr', 1e-12), _whole(args.T, '--T', 2, 100_000)
+        gamma = _number(args.min_snr, '--min-snr', 0.0) or None                   # 0: plain loss
         images = load_training_images(args.data, size, n_images, crop=args.crop)    # options checked first: fail fast
         steps = steps or (epochs * steps_per_epoch(len(images), batch) if epochs else 5000)
         every = lambda opt, name: max(1, steps // 10) if opt is None else _whole(opt, name, 1)
-        tc = TrainConfig(objective=args.objective, schedule=args.schedule, T=T,
+        tc = TrainConfig(objective=args.objective, schedule=args.schedule, T=T, min_snr_gamma=gamma,
                          lr=lr, batch_size=batch, steps=steps,
                          warmup_steps=min(200, steps // 10), precision=args.precision,
                          sample_every=every(args.sample_every, '--sample-every'), save_every=every(args.save_every, '--save-every'),
@@ -174,7 +176,7 @@ def add_sample(sub):
                        description='Sample faces from a run folder (default: the bundled pretrained model) with DDPM, '
                                    'DDIM or DPM-Solver++; write a grid PNG and, with --gif, the denoising as an animated GIF.')
     p.add_argument('--run', dest='run_dir', default=None, metavar='DIR', help='run folder (default: the bundled pretrained model)')
-    p.add_argument('--sampler', default='ddim', metavar='S', help=f"{', '.join(SAMPLERS)} (default: ddim)")
+    p.add_argument('--sampler', default='dpm++', metavar='S', help=f"{', '.join(SAMPLERS)} (default: dpm++)")
     p.add_argument('--steps', default=None, metavar='N', help='sampling steps, 1 to T (default: 50 for ddim, 25 for dpm++, T for ddpm)')
     p.add_argument('--eta', default='0', metavar='ETA', help='DDIM noise, 0 (deterministic) to 1 (default: 0; dpm++ takes only 0)')
     p.add_argument('--spacing', default=None, metavar='SP',
@@ -236,11 +238,19 @@ def measure_train_speed(unet: UNetConfig, batch: int, device, precision: str = '
         if device.type == 'cuda': torch.cuda.synchronize()
     return n * batch / (time.perf_counter() - t0)
 
+def fastest_precision(unet: UNetConfig, batch: int, device, seconds: float = 4.0) -> tuple:
+    """(precision, training images/s) that train this U-Net fastest here: 'auto' on a GPU; on a CPU fp32 or bf16,
+    whichever measures faster (bf16 wins on CPUs with bf16 instructions, and loses badly on the others)."""
+    device = resolve_device(device)
+    speeds = {p: measure_train_speed(unet, batch, device, p, seconds) for p in (['auto'] if device.type == 'cuda' else ['fp32', 'bf16'])}
+    best = max(speeds, key=speeds.get)
+    return resolve_precision(best, device), speeds[best]
+
 def demo_plan(device) -> dict:
-    "What the demo trains here: the small U-Net at 32 px on a CPU, the 64 px face model on a GPU."
+    "What the demo trains here: the small U-Net at 32 px on a CPU, the 64 px face model on a GPU; v, cosine, min-SNR-5."
     if resolve_device(device).type == 'cuda':
-        return dict(model='faces64', size=64, n_images=30_000, batch=64, lr=2e-4)
-    return dict(model='cpu32', size=32, n_images=20_000, batch=64, lr=1e-3)
+        return dict(model='faces64', size=64, n_images=30_000, batch=64, lr=2e-4, min_snr=5.0)
+    return dict(model='cpu32', size=32, n_images=20_000, batch=32, lr=1e-3, min_snr=5.0)   # small batches: more steps in 10 min
 
 # %% ../nbs/09_cli.ipynb #406cb914
 def add_demo(sub):
@@ -265,17 +275,18 @@ def run_demo(args):
     out_dir.mkdir(parents=True, exist_ok=True)
     if (pretrained_dir() / 'config.json').is_file():                 # 1. faces before any training
         t0 = time.perf_counter()
-        faces = sample_run(load_run(pretrained_dir(), device=device), 64, 'ddim', steps=50, seed=seed)
+        faces = sample_run(load_run(pretrained_dir(), device=device), 64, 'dpm++', seed=seed)
         path = save_grid(faces.cpu(), out_dir / 'pretrained_samples.png')
         print(f"1. bundled model: 64 faces in {time.perf_counter() - t0:.1f} s -> {path.resolve()}")
     plan = demo_plan(device)                                          # 2. how much training fits here
     unet = UNetConfig.preset(plan['model'], image_size=plan['size'])
-    ips = measure_train_speed(unet, plan['batch'], device, seconds=min(4.0, minutes * 6))
+    precision, ips = fastest_precision(unet, plan['batch'], device, seconds=min(4.0, minutes * 3))
     steps = max(20, int(minutes * 60 * ips / plan['batch'] * 0.9))   # 10% for sample grids and checkpoints
-    print(f"2. {device.type}: {ips:.0f} training images/s for the {plan['model']} U-Net at {plan['size']} px "
+    print(f"2. {device.type}: {ips:.0f} training images/s ({precision}) for the {plan['model']} U-Net at {plan['size']} px "
           f"-> {steps} steps of {plan['batch']} in about {minutes:g} min")
     images = synthetic_faces(plan['n_images'], size=plan['size'], seed=seed)[0]
-    tc = TrainConfig(objective='v', schedule='cosine', lr=plan['lr'], batch_size=plan['batch'], steps=steps,
+    tc = TrainConfig(objective='v', schedule='cosine', lr=plan['lr'], min_snr_gamma=plan['min_snr'], precision=precision,
+                     batch_size=plan['batch'], steps=steps,
                      warmup_steps=min(200, steps // 10), sample_every=max(1, steps // 5), save_every=max(1, steps // 5),
                      log_every=max(1, min(50, steps // 20)), seed=seed)
     trainer = Trainer(unet, tc, images, run_dir, overwrite=args.overwrite, device=device)
@@ -283,7 +294,7 @@ def run_demo(args):
           f"`{PROG} train --out {run_dir} --resume`)")
     trainer.fit()
     run = load_run(run_dir, device=device)                            # 4. grid and GIF from the fresh model
-    faces, traj = sample_run(run, 64, 'ddim', steps=50, seed=seed, return_trajectory=True)
+    faces, traj = sample_run(run, 64, 'dpm++', seed=seed, return_trajectory=True)
     grid = save_grid(faces.cpu(), out_dir / 'samples.png')
     gif = save_denoising_gif(first_faces(traj), out_dir / 'denoising.gif')
     print(f"4. freshly trained model: samples {grid.resolve()}\n   denoising GIF {Path(gif).resolve()}\n"

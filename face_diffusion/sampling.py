@@ -275,24 +275,15 @@ def slerp(a, b, w: float):
     return (torch.sin((1 - w) * theta) * a + torch.sin(w * theta) * b) / torch.sin(theta)  # sin((1−w)θ)/sinθ a + sin(wθ)/sinθ b
 
 # %% ../nbs/06_ddim.ipynb #4b8889b3
-class DPMSolverSampler(_Sampler):
+class DPMSolverSampler(DDIMSampler):
     """DPM-Solver++(2M) (Lu et al. 2022): the probability-flow ODE in log-SNR time λ = log(α/σ), with x̂_0 extrapolated
     linearly from this step's and the previous step's predictions. Deterministic, one network call per step; DDIM
-    (η = 0) is its first-order case. It remembers the last x̂_0, so run its timesteps in order (a run restarts at the first)."""
+    (η = 0) is its first-order case, whose timesteps and inversion it shares. It remembers the last x̂_0, so run its
+    timesteps in order (a run restarts at the first)."""
     def __init__(self, schedule: NoiseSchedule, objective: str = 'eps', steps: int = 25, spacing: str = 'trailing',
                  clip_x0: bool = True):
-        _check_objective(objective)
-        self.schedule, self.objective, self.spacing, self.clip_x0, self._on = schedule, objective, spacing, clip_x0, None
-        self.timesteps = ddim_timesteps(schedule.T, steps, spacing)
-        self.alphas_cumprod = torch.cumprod(1 - schedule.betas.double().cpu(), 0)   # float64, as in DDIMSampler
-        ts = self.timesteps.tolist()
-        self._prev = dict(zip(ts, ts[1:] + [-1]))
+        super().__init__(schedule, objective, steps=steps, eta=0.0, spacing=spacing, clip_x0=clip_x0)
         self._last = None                                                      # (x̂_0, λ) of the step before
-
-    def prev_timestep(self, t: int) -> int:
-        "The timestep after t in this run (−1 after the last: the clean image, σ = 0)."
-        if int(t) not in self._prev: raise ValueError(f"timestep {t} is not one of this sampler's {len(self)} timesteps")
-        return self._prev[int(t)]
 
     def alpha_sigma_lambda(self, t: int) -> tuple:
         "α_t = √ᾱ_t, σ_t = √(1−ᾱ_t) and λ_t = log(α_t/σ_t); t = −1 is the clean image (1, 0, ∞)."

@@ -101,3 +101,13 @@ def test_train_resume_and_sample(tmp_path):
     r2 = cli('sample', '--run', run, '--n', '4', '--steps', '3', '--seed', '7', '--out', tmp_path / 'b.png')
     assert r.returncode == r2.returncode == 0, r.stderr + r2.stderr
     assert np.array_equal(np.array(Image.open(tmp_path / 'a.png')), np.array(Image.open(tmp_path / 'b.png')))
+
+
+def test_demo_trains_in_the_faster_precision(monkeypatch):
+    "On a CPU the demo times fp32 and bf16 and trains in the faster (bf16 loses badly on CPUs without bf16 instructions)."
+    import face_diffusion.cli as cli_module
+    from face_diffusion.unet import UNetConfig
+    for fast in ('fp32', 'bf16'):
+        monkeypatch.setattr(cli_module, 'measure_train_speed',
+                            lambda unet, batch, device, precision, seconds: 200.0 if precision == fast else 100.0)
+        assert cli_module.fastest_precision(UNetConfig.preset('tiny'), 4, 'cpu', seconds=0.1) == (fast, 200.0)
