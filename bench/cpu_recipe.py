@@ -27,24 +27,28 @@ RECIPES = {   # name: TrainConfig fields, plus 'unet' (changes to the cpu32 pres
     'v-bf16-minsnr5': dict(V, precision='bf16', min_snr_gamma=5.0),
     'v-bf16-minsnr5-batch32': dict(V, precision='bf16', min_snr_gamma=5.0, batch_size=32),
     'v-bf16-minsnr5-batch16': dict(V, precision='bf16', min_snr_gamma=5.0, batch_size=16),
+    'v-minsnr5-batch32': dict(V, precision='fp32', min_snr_gamma=5.0, batch_size=32),
     'v-bf16-minsnr5-wide16': dict(V, precision='bf16', min_snr_gamma=5.0, unet=dict(channel_mults=(1, 3, 6, 6))),
 }
 REFERENCE_SEED, HELDOUT_SEED, FRESH_SEED = 1000, 2000, 3000     # held-out synthetic faces; training uses seed 0
 
-def score(run, n: int, sampler: str = 'dpm++', steps: int = 50, floors: int = 4, seed: int = 1) -> dict:
-    "SWD × floor of n samples against held-out faces (floor averaged over `floors` draws), with a real-face control."
+def score(run, n: int, sampler: str = 'dpm++', steps: int = 50, floors: int = 4, seeds: int = 1) -> dict:
+    """SWD × floor of n samples against held-out faces (floor averaged over `floors` draws), with a real-face control;
+    with seeds > 1, the mean over sampling seeds 1 … seeds (one seed's n samples vary the multiple by about ±10%)."""
     size = run.image_size
-    t0 = time.perf_counter()
-    samples = sample_run(run, n, sampler, steps=steps, seed=seed)
-    sampling_s = time.perf_counter() - t0
     reference = synthetic_faces(n, size=size, seed=REFERENCE_SEED)[0]
     heldout = synthetic_faces(floors * n, size=size, seed=HELDOUT_SEED)[0]
     fresh = synthetic_faces(n, size=size, seed=FRESH_SEED)[0]
     train = synthetic_faces(20_000, size=size, seed=0)[0]
-    per_level = swd_multiple(samples, reference, heldout, n=n, per_level=True)
-    return dict(n=n, sampler=sampler, steps=steps, sampling_s=round(sampling_s, 1),
-                swd_multiple=round(per_level.mean, 2), by_level={f'{k}px': round(v, 2) for k, v in per_level.levels.items()},
-                real_faces_control=round(float(swd_multiple(fresh, reference, heldout, n=n)), 2),
+    per_seed, t0 = [], time.perf_counter()
+    for seed in range(1, seeds + 1):
+        samples = sample_run(run, n, sampler, steps=steps, seed=seed)
+        per_seed.append(swd_multiple(samples, reference, heldout, n=n, per_level=True))
+    sampling_s = (time.perf_counter() - t0) / seeds
+    levels = {f'{k}px': round(sum(m.levels[k] for m in per_seed) / seeds, 2) for k in per_seed[0].levels}
+    return dict(n=n, sampler=sampler, steps=steps, seeds=seeds, sampling_and_swd_s=round(sampling_s, 1),
+                swd_multiple=round(sum(m.mean for m in per_seed) / seeds, 2), by_seed=[round(m.mean, 2) for m in per_seed],
+                by_level=levels, real_faces_control=round(float(swd_multiple(fresh, reference, heldout, n=n)), 2),
                 copied_fraction=round(float(nearest_neighbours(samples[:256], train).copied.float().mean()), 3))
 
 def train(name: str, minutes: float, out: Path) -> Path:
@@ -78,12 +82,13 @@ def main(argv=None):
         q.add_argument('--sampler', choices=SAMPLERS, default='dpm++', help='default dpm++')
         q.add_argument('--steps', type=int, default=50, help='sampling steps (default 50)')
         q.add_argument('--floors', type=int, default=4, help='held-out draws averaged for the floor (default 4)')
+        q.add_argument('--seeds', type=int, default=1, help='average over sampling seeds 1 … SEEDS (default 1)')
     args = p.parse_args(argv)
     if args.command == 'list':
         for name, recipe in RECIPES.items(): print(f"{name:<26} {recipe}")
         return
     run_dir = train(args.recipe, args.minutes, args.out) if args.command == 'train' else args.run
-    print(json.dumps(dict(run=str(run_dir), **score(load_run(run_dir), args.n, args.sampler, args.steps, args.floors))))
+    print(json.dumps(dict(run=str(run_dir), **score(load_run(run_dir), args.n, args.sampler, args.steps, args.floors, args.seeds))))
 
 if __name__ == '__main__':
     main()

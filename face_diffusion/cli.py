@@ -177,7 +177,7 @@ def add_sample(sub):
                                    'DDIM or DPM-Solver++; write a grid PNG and, with --gif, the denoising as an animated GIF.')
     p.add_argument('--run', dest='run_dir', default=None, metavar='DIR', help='run folder (default: the bundled pretrained model)')
     p.add_argument('--sampler', default='dpm++', metavar='S', help=f"{', '.join(SAMPLERS)} (default: dpm++)")
-    p.add_argument('--steps', default=None, metavar='N', help='sampling steps, 1 to T (default: 50 for ddim, 25 for dpm++, T for ddpm)')
+    p.add_argument('--steps', default=None, metavar='N', help='sampling steps, 1 to T (default: 50 for ddim and dpm++, T for ddpm)')
     p.add_argument('--eta', default='0', metavar='ETA', help='DDIM noise, 0 (deterministic) to 1 (default: 0; dpm++ takes only 0)')
     p.add_argument('--spacing', default=None, metavar='SP',
                    help=f"timestep spacing: {', '.join(SPACINGS)} (default: uniform for ddim, trailing for dpm++)")

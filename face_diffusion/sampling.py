@@ -280,7 +280,7 @@ class DPMSolverSampler(DDIMSampler):
     linearly from this step's and the previous step's predictions. Deterministic, one network call per step; DDIM
     (η = 0) is its first-order case, whose timesteps and inversion it shares. It remembers the last x̂_0, so run its
     timesteps in order (a run restarts at the first)."""
-    def __init__(self, schedule: NoiseSchedule, objective: str = 'eps', steps: int = 25, spacing: str = 'trailing',
+    def __init__(self, schedule: NoiseSchedule, objective: str = 'eps', steps: int = 50, spacing: str = 'trailing',
                  clip_x0: bool = True):
         super().__init__(schedule, objective, steps=steps, eta=0.0, spacing=spacing, clip_x0=clip_x0)
         self._last = None                                                      # (x̂_0, λ) of the step before
@@ -322,7 +322,7 @@ SAMPLERS = ('ddpm', 'ddim', 'dpm++')
 def make_sampler(name: str, schedule: NoiseSchedule, objective: str = 'eps', steps=None, eta: float = 0.0,
                  spacing=None, variance: str = 'posterior', clip_x0: bool = True):
     """A sampler by name: 'ddpm' (all T steps), 'ddim' (`steps` of them, default 50, uniform spacing) or 'dpm++'
-    (DPM-Solver++(2M), default 25 steps, trailing spacing)."""
+    (DPM-Solver++(2M), default 50 steps, trailing spacing)."""
     if name not in SAMPLERS: raise ValueError(f"unknown sampler {name!r}; use one of {', '.join(SAMPLERS)}")
     if name == 'ddpm':
         if steps not in (None, schedule.T):
@@ -331,7 +331,7 @@ def make_sampler(name: str, schedule: NoiseSchedule, objective: str = 'eps', ste
         return DDPMSampler(schedule, objective, variance=variance, clip_x0=clip_x0)
     if name == 'dpm++':
         if eta != 0: raise ValueError(f"the dpm++ sampler is deterministic; eta = {eta} needs the ddim sampler")
-        return DPMSolverSampler(schedule, objective, steps=25 if steps is None else steps, spacing=spacing or 'trailing',
+        return DPMSolverSampler(schedule, objective, steps=50 if steps is None else steps, spacing=spacing or 'trailing',
                                 clip_x0=clip_x0)
     return DDIMSampler(schedule, objective, steps=50 if steps is None else steps, eta=eta, spacing=spacing or 'uniform',
                        clip_x0=clip_x0)

@@ -106,13 +106,13 @@ def test_targets_are_judged_from_the_rows():
 def test_cpu_recipe_trains_and_scores(tmp_path):
     "The script behind the README's recipe table runs end to end (a few seconds of training, a few samples)."
     r = subprocess.run([sys.executable, "-m", "bench.cpu_recipe", "train", "v-bf16-minsnr5", "--minutes", "0.02",
-                        "--out", str(tmp_path), "--n", "8", "--steps", "3"],
+                        "--out", str(tmp_path), "--n", "8", "--steps", "3", "--seeds", "2"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     import json
     scored = json.loads(r.stdout.strip().splitlines()[-1])
     assert scored["n"] == 8 and scored["swd_multiple"] > 0 and 0 <= scored["copied_fraction"] <= 1
-    assert scored["sampler"] == "dpm++" and set(scored["by_level"]) == {"32px", "16px"}
+    assert scored["sampler"] == "dpm++" and set(scored["by_level"]) == {"32px", "16px"} and len(scored["by_seed"]) == 2
     config = json.loads((tmp_path / "v-bf16-minsnr5" / "config.json").read_text())
     assert config["train"]["min_snr_gamma"] == 5.0 and config["train"]["precision"] == "bf16"
     assert (tmp_path / "v-bf16-minsnr5" / "ema.safetensors").is_file()

@@ -194,7 +194,7 @@ def test_dpm_solver_converges_faster_than_ddim():
 def test_make_sampler_defaults():
     schedule = NoiseSchedule('cosine', T)
     dpm, ddim = make_sampler('dpm++', schedule, 'v'), make_sampler('ddim', schedule, 'v')
-    assert isinstance(dpm, DPMSolverSampler) and len(dpm) == 25 and dpm.spacing == 'trailing'
+    assert isinstance(dpm, DPMSolverSampler) and len(dpm) == 50 and dpm.spacing == 'trailing'
     assert isinstance(ddim, DDIMSampler) and len(ddim) == 50 and ddim.spacing == 'uniform'
     with pytest.raises(ValueError, match='deterministic'): make_sampler('dpm++', schedule, 'v', eta=0.3)
 
