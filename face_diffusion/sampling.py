@@ -276,9 +276,10 @@ def slerp(a, b, w: float):
 
 # %% ../nbs/06_ddim.ipynb #4b8889b3
 class DPMSolverSampler(DDIMSampler):
-    """DPM-Solver++(2M) (Lu et al. 2022): the probability-flow ODE in log-SNR time λ = log(α/σ), with x̂_0 extrapolated
+    """DPM-Solver++(2M) (Lu et al. 2022): the probability-flow ODE in half-log-SNR time λ = log(α/σ), with x̂_0 extrapolated
     linearly from this step's and the previous step's predictions. Deterministic, one network call per step; DDIM
-    (η = 0) is its first-order case, whose timesteps and inversion it shares. It remembers the last x̂_0, so run its
+    (η = 0) is its first-order case, whose timesteps it shares; `invert` is DDIM's (first order), so decode
+    inverted noise with DDIM for an exact round trip. It remembers the last x̂_0, so run its
     timesteps in order (a run restarts at the first)."""
     def __init__(self, schedule: NoiseSchedule, objective: str = 'eps', steps: int = 50, spacing: str = 'trailing',
                  clip_x0: bool = True):
@@ -293,7 +294,8 @@ class DPMSolverSampler(DDIMSampler):
         return alpha, sigma, math.log(alpha / sigma)
 
     def step(self, model_output, t: int, x_t, generator=None, noise=None) -> StepOutput:
-        "x_s → x_t: x_t = (σ_t/σ_s) x_s − α_t (e^{−h} − 1) D, D the extrapolated x̂_0 (plain x̂_0 at the first and last steps)."
+        """x_s → x_t: x_t = (σ_t/σ_s) x_s − α_t (e^{−h} − 1) D, D the extrapolated x̂_0 (plain x̂_0 at the first and last
+        steps). Here `t`, `x_t` are the maths' s, x_s and `t_next` is the maths' t."""
         t_next = self.prev_timestep(t)
         if int(t) == int(self.timesteps[0]): self._last = None                # a new run: no earlier guess
         x0_hat, _ = split_prediction(self._sched(x_t.device), self.objective, x_t, int(t), model_output)
