@@ -240,7 +240,7 @@ def measure_train_speed(unet: UNetConfig, batch: int, device, precision: str = '
 
 def fastest_precision(unet: UNetConfig, batch: int, device, seconds: float = 4.0) -> tuple:
     """(precision, training images/s) that train this U-Net fastest here: 'auto' on a GPU; on a CPU fp32 or bf16,
-    whichever measures faster (bf16 wins on CPUs with bf16 instructions, and loses badly on the others)."""
+    whichever measures faster here (bf16 only pays on CPUs with bf16 instructions)."""
     device = resolve_device(device)
     speeds = {p: measure_train_speed(unet, batch, device, p, seconds) for p in (['auto'] if device.type == 'cuda' else ['fp32', 'bf16'])}
     best = max(speeds, key=speeds.get)
