@@ -14,7 +14,6 @@ __all__ = ['INCEPTION_WEIGHTS_FILE', 'INCEPTION_WEIGHTS_URL', 'as_float_images',
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -191,6 +190,7 @@ def nearest_neighbours(samples: torch.Tensor, train_images: torch.Tensor, chunk:
 def show_neighbours(samples: torch.Tensor, train_images: torch.Tensor, neighbours: Neighbours | None = None,
                     n: int = 8, title: str | None = None):
     "Samples (top row) above their nearest training images (bottom row), with the ratio ρ = d₁/d₂ of each."
+    import matplotlib.pyplot as plt
     samples = samples[:n]
     neighbours = neighbours or nearest_neighbours(samples, train_images)
     nearest = as_float_images(train_images[neighbours.index[:len(samples)]])

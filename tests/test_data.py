@@ -216,3 +216,118 @@ def test_synthetic_faces_api():
     ds = SyntheticFaces(3, size=16, seed=0)
     assert torch.equal(ds[2], images[2]) and len(ds) == 3
     assert synthetic_faces(0, size=16)[0].shape == (0, 3, 16, 16)
+
+
+def old_image_grid(images, nrow=None, pad=2, pad_value=255):
+    "The hand-written tiler image_grid replaced, kept here as the layout it must reproduce."
+    x = images.permute(0, 2, 3, 1).numpy()
+    n, h, w, _ = x.shape
+    nrow = nrow or int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / nrow))
+    grid = np.full((pad + rows * (h + pad), pad + nrow * (w + pad), 3), pad_value, np.uint8)
+    for i, img in enumerate(x):
+        r, c = divmod(i, nrow)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = img
+    return grid
+
+
+@pytest.mark.parametrize('n,nrow,pad', [(1, None, 2), (1, 3, 1), (2, 4, 2), (5, 3, 1), (7, None, 2), (9, None, 0),
+                                        (6, 1, 3)])
+def test_image_grid_keeps_its_layout(n, nrow, pad):
+    x = torch.randint(0, 256, (n, 3, 5, 4), dtype=torch.uint8)
+    assert np.array_equal(image_grid(x, nrow=nrow, pad=pad), old_image_grid(x, nrow=nrow, pad=pad))
+    with pytest.raises(ValueError, match='at least one image'):
+        image_grid(torch.zeros(0, 3, 4, 4))
+
+
+def test_save_grid_refuses_images_it_would_spoil(tmp_path):
+    out = tmp_path / 'grid.png'
+    cases = [(torch.linspace(0, 255, 96).view(2, 3, 4, 4), 'span 0 … 255'),  # floats in 0…255: all white before
+             (torch.full((2, 3, 4, 4), -3.0), 'rescale them to \\[-1, 1\\]'),
+             (torch.full((1, 3, 4, 4), float('nan')), '48 NaN or infinite'),
+             ([torch.zeros(3, 4, 4), torch.full((3, 4, 4), float('inf'))], 'NaN or infinite'),
+             (torch.full((1, 3, 4, 4), 200, dtype=torch.int64), 'images.to\\(torch.uint8\\)')]
+    for images, message in cases:
+        with pytest.raises(ValueError, match=message) as e:
+            save_grid(images, out)
+        assert '\n' not in str(e.value) and 'save_grid' in str(e.value)
+        assert not out.exists()
+    floats = torch.rand(2, 3, 4, 4) * 2 - 1
+    floats[0, 0, 0, 0], floats[1, 0, 0, 0] = 1.01, -1.01                     # rounding overshoot is accepted
+    assert np.array_equal(np.asarray(Image.open(save_grid(floats, out))), image_grid(floats))
+    assert Image.open(save_grid(torch.rand(2, 3, 4, 4), out)).size == (2 + 2 * 6, 2 + 1 * 6)   # [0, 1] ⊂ [-1, 1]
+    assert save_grid(torch.zeros(2, 3, 4, 4, dtype=torch.uint8) + 255, out).is_file()
+
+
+def test_folder_follows_folder_links_once(tmp_path):
+    root, outside = tmp_path / 'faces', tmp_path / 'elsewhere'
+    (root / 'sub').mkdir(parents=True); outside.mkdir()
+    photo(seed=1).save(root / 'a.png'); photo(seed=2).save(root / 'sub' / 'b.png')
+    photo(seed=3).save(outside / 'c.png'); photo(seed=4).save(outside / 'd.png')
+    (root / 'linked').symlink_to(outside, target_is_directory=True)          # a folder elsewhere
+    (root / 'sub' / 'up').symlink_to(root, target_is_directory=True)         # a loop back up the tree
+    (root / 'twice').symlink_to(outside, target_is_directory=True)           # the same folder again
+    ds, warned = load(root, size=8, cache_dir=tmp_path / 'cache')
+    assert sorted(f.relative_to(root).as_posix() for f in ds.files) == ['a.png', 'linked/c.png', 'linked/d.png',
+                                                                        'sub/b.png']
+    assert not warned
+    photo(seed=5).save(outside / 'e.png')                                    # the cache sees files behind links
+    again, _ = load(root, size=8, cache_dir=tmp_path / 'cache')
+    assert again.cache_path != ds.cache_path and len(again) == 5
+
+
+def test_folder_skips_broken_file_links(tmp_path):
+    root = tmp_path / 'faces'; root.mkdir()
+    photo(seed=1).save(root / 'a.png'); photo(seed=2).save(root / 'b.jpg')
+    (root / 'gone.jpg').symlink_to(tmp_path / 'moved_away.jpg')               # dangling
+    (root / 'l1.png').symlink_to(root / 'l2.png'); (root / 'l2.png').symlink_to(root / 'l1.png')   # a loop
+    (root / 'self').symlink_to(root / 'self')                                 # a folder-like loop
+    (root / 'ok.png').symlink_to(root / 'a.png')                              # a good file link is an image
+    ds, warned = load(root, size=8, cache_dir=tmp_path / 'cache')
+    assert sorted(f.name for f in ds.files) == ['a.png', 'b.jpg', 'ok.png']
+    assert torch.equal(ds.images[0], ds.images[2])
+    assert len(warned) == 1 and 'skipped 4 files' in warned[0]
+    for name in ['gone.jpg (dangling link)', 'l1.png (link loop)', 'l2.png (link loop)', 'self (link loop)']:
+        assert name in warned[0]
+    # the link's target appears: a new cache, one more image, one file fewer skipped
+    photo(seed=3).save(tmp_path / 'moved_away.jpg')
+    healed, warned = load(root, size=8, cache_dir=tmp_path / 'cache')
+    assert healed.cache_path != ds.cache_path and len(healed) == 4 and 'skipped 3 files' in warned[0]
+    (tmp_path / 'only').mkdir(); (tmp_path / 'only' / 'x.png').symlink_to(tmp_path / 'nothing.png')
+    with pytest.raises(ValueError, match=r'no \.jpg.*x\.png \(dangling link\)'):
+        FaceFolder(tmp_path / 'only', cache_dir=False)
+
+
+def test_folder_warns_about_small_images(tmp_path):
+    root = tmp_path / 'faces'; root.mkdir()
+    photo(40, 30, seed=1).save(root / 'big.png')                             # short side 30 ≥ 32/2
+    photo(15, 40, seed=2).save(root / 'narrow.png')                          # short side 15 < 16
+    photo(12, 10, seed=3).save(root / 'tiny.jpg')
+    photo(16, 16, seed=4).save(root / 'half.png')                            # exactly half: fine
+    for attempt in ('decoded', 'from the cache'):
+        ds, warned = load(root, size=32, cache_dir=tmp_path / 'cache')
+        assert len(ds) == 4 and ds.images.shape[-1] == 32, attempt
+        assert warned == ['2 images are smaller than 16 px (half of size=32) on the short side and were upscaled: '
+                          'narrow.png (15 px), tiny.jpg (10 px)'], attempt
+    ds, warned = load(root, size=20, cache_dir=tmp_path / 'cache')           # another size: another verdict
+    assert warned == []
+    photo(9, 9, seed=5).convert('L').save(root / 'z.png')
+    _, warned = load(root, size=20, cache_dir=tmp_path / 'cache')
+    assert len(warned) == 1 and warned[0].startswith('1 image is smaller than 10 px') and 'z.png (9 px)' in warned[0]
+    celeba, warned = load(root, size=32, crop='celeba', cache_dir=False)    # the side of the crop is what counts
+    assert len(celeba) == 5 and len(warned) == 1 and 'half.png (12 px)' in warned[0]   # 140/178 of 16 px wide
+
+
+def test_imports_without_matplotlib():
+    "The package's data and metrics modules import without matplotlib (and without torchvision, used only to tile)."
+    import subprocess, sys
+    code = ("import sys\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] in ('matplotlib', 'torchvision'): raise ImportError(f'no {name} here')\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "import face_diffusion.data, face_diffusion.faces, face_diffusion.metrics\n"
+            "assert not any(m.startswith(('matplotlib', 'torchvision')) for m in sys.modules)\n"
+            "face_diffusion.data.synthetic_faces(2, 16)\n")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
