@@ -1,10 +1,17 @@
-"""The U-Net of chapter 03: shapes, refusals, time dependence, gradients, JSON round trip, batch independence."""
+"""The U-Net of chapter 03: shapes, refusals, time dependence, gradients, JSON round trip, batch independence,
+the parts against their formulas written out, and the condition input."""
 import json
+from dataclasses import replace
+from pathlib import Path
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
+from safetensors.torch import load_file
+import face_diffusion
 from face_diffusion.unet import (KINDS, PRESETS, UNetConfig, build_unet, count_parameters, flops_per_image,
-                                 SelfAttention, SimpleUNet, UNet, check_image_size)
+                                 SelfAttention, ResBlock, SimpleUNet, UNet, check_image_size, Condition,
+                                 example_condition)
 
 
 def small(kind='modern', size=32, channels=3, **kw):
@@ -12,6 +19,18 @@ def small(kind='modern', size=32, channels=3, **kw):
     return UNetConfig(kind=kind, image_size=size, in_channels=channels, base_channels=8, channel_mults=(1, 2, 2),
                       num_res_blocks=1, attention_resolutions=(size // 4,), head_channels=8, groups=4, **kw)
 
+
+
+def example_inputs(config, n=4, seed=0):
+    "x_t, t and a condition with every input `config` takes: random attributes (half the images dropped), image, levels."
+    g = torch.Generator().manual_seed(seed)
+    x, t = torch.randn(n, config.in_channels, 32, 32, generator=g), torch.linspace(0, 999, n).long()
+    A, C = config.cond_attributes, config.cond_image_channels
+    cond = Condition(attributes=(torch.rand(n, A, generator=g) < 0.5).float() if A else None,
+                     image=torch.rand(n, C, 32, 32, generator=g) * 2 - 1 if C else None,
+                     level=torch.rand(n, generator=g) if config.cond_levels else None,
+                     drop=torch.arange(n) % 2 == 0 if A else None)
+    return x, t, cond
 
 @pytest.mark.parametrize('kind', KINDS)
 @pytest.mark.parametrize('size', [16, 32, 64, 128])
@@ -76,20 +95,25 @@ def test_output_depends_on_t(kind):
     assert (out[0] - out[1]).abs().max() > 1e-4 and (out[1] - out[2]).abs().max() > 1e-4
 
 
-def census(model, x, t):
-    "Gradients of L = mean (f(x, t) - target)² (a target: the gradient of a square at an all-zero output is 0)."
+def census(model, x, t, cond=None):
+    "Gradients of L = mean (f(x, t, cond) - target)² (a target: the gradient of a square at an all-zero output is 0)."
     model.zero_grad(set_to_none=True)
     target = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
-    (model(x, t) - target).square().mean().backward()
+    (model(x, t, cond) - target).square().mean().backward()
     return {n: p.grad for n, p in model.named_parameters()}
 
 
+ALL_INPUTS = dict(cond_attributes=5, cond_image_channels=2, cond_levels=True)
+
+
 @pytest.mark.parametrize('config', [small('simple'), small(zero_init=False), small(zero_init=False, dropout=0.1),
-                                    UNetConfig.preset('tiny', zero_init=False, in_channels=1)],
-                         ids=['simple', 'modern', 'modern-dropout', 'tiny-1ch'])
+                                    UNetConfig.preset('tiny', zero_init=False, in_channels=1),
+                                    small('simple', **ALL_INPUTS), small(zero_init=False, **ALL_INPUTS)],
+                         ids=['simple', 'modern', 'modern-dropout', 'tiny-1ch', 'simple-cond', 'modern-cond'])
 def test_every_parameter_gets_a_nonzero_gradient_in_one_pass(config):
     model = build_unet(config).train()
-    grads = census(model, torch.randn(4, config.in_channels, 32, 32), torch.tensor([0, 10, 500, 999]))
+    cond = example_inputs(config, 4)[2] if config.conditions else None   # half the images dropped: n and W both used
+    grads = census(model, torch.randn(4, config.in_channels, 32, 32), torch.tensor([0, 10, 500, 999]), cond)
     for name, g in grads.items():
         assert g is not None, f'{name} got no gradient'
         assert g.isfinite().all() and g.abs().max() > 0, name
@@ -151,3 +175,205 @@ def test_check_image_size_suggestions():
         check_image_size(50, 3)
     with pytest.raises(ValueError, match=r'e\.g\. 8 or 16'):
         check_image_size(4, 3)
+
+
+
+# --- the parts against their formulas, written out by hand ---
+
+def group_norm(h, norm):
+    "GroupNorm written out: (h − μ_g) / √(σ²_g + ε) per image and group of channels, then γ_c · … + β_c."
+    hg = h.reshape(h.shape[0], norm.num_groups, -1)
+    mu, var = hg.mean(-1, keepdim=True), hg.var(-1, unbiased=False, keepdim=True)
+    return ((hg - mu) / (var + norm.eps).sqrt()).reshape(h.shape) * norm.weight[:, None, None] + norm.bias[:, None, None]
+
+
+@pytest.mark.parametrize('in_ch', [8, 16], ids=['conv-skip', 'identity-skip'])
+def test_resblock_computes_scale_and_shift_of_the_group_norm(in_ch):
+    torch.manual_seed(0)
+    block = ResBlock(in_ch, 16, time_dim=12, groups=4, zero_init=False).eval()
+    for p in [block.norm1.weight, block.norm1.bias, block.norm2.weight, block.norm2.bias]: nn.init.normal_(p)
+    x, emb = torch.randn(2, in_ch, 8, 8), torch.randn(2, 12)
+    with torch.no_grad():
+        h = block.conv1(F.silu(group_norm(x, block.norm1)))                  # conv(SiLU(GN(x)))
+        s, b = block.time_proj(emb)[:, :, None, None].chunk(2, dim=1)          # (s(t), b(t))
+        h = group_norm(h, block.norm2) * (1 + s) + b                           # GN(h)·(1 + s) + b
+        expected = block.skip(x) + block.conv2(F.silu(h))                      # skip(x) + F(x, t)
+        assert (block(x, emb) - expected).abs().max() < 1e-5
+
+
+def test_self_attention_is_softmax_of_qk_over_root_d_times_v_per_head():
+    torch.manual_seed(0)
+    attn = SelfAttention(32, head_channels=8, groups=4, zero_init=False).eval()     # 4 heads of d = 8
+    x = torch.randn(2, 32, 4, 8)                                                      # not square: H and W kept apart
+    c, d = 32, 8
+    with torch.no_grad():
+        tokens = attn.norm(x).flatten(2)                                              # (N, C, H·W)
+        qkv = attn.qkv.weight[:, :, 0, 0] @ tokens + attn.qkv.bias[:, None]           # [q; k; v] = W x + b
+        q, k, v = (qkv[:, i * c:(i + 1) * c].transpose(1, 2) for i in range(3))       # each (N, H·W, C)
+        heads = []
+        for j in range(c // d):                                                       # head j: channels jd … (j+1)d−1
+            Q, K, V = (m[..., j * d:(j + 1) * d] for m in (q, k, v))
+            weights = torch.softmax(Q @ K.transpose(1, 2) / d ** 0.5, dim=-1)          # softmax(Q Kᵀ / √d)
+            assert torch.allclose(weights.sum(-1), torch.ones(2, 32))
+            heads.append(weights @ V)                                                 # … V
+        out = torch.cat(heads, dim=2).transpose(1, 2)                                 # (N, C, H·W)
+        expected = x + (attn.proj.weight[:, :, 0, 0] @ out + attn.proj.bias[:, None]).reshape(x.shape)
+        assert (attn(x) - expected).abs().max() < 1e-5
+
+
+# --- the condition input: model(x_t, t, cond) ---
+
+BUNDLED = Path(face_diffusion.__file__).parent / 'pretrained'
+# The bundled model's output for example_inputs' x_t (seed 0, 4×3×32×32) and t = 0, 250, 600, 999, measured
+# before the condition input existed: the sum over each image, and the sum of |output| over the batch.
+BUNDLED_SUMS, BUNDLED_ABS_SUM = [52.18736, 74.24012, 22.20247, 238.15312], 8437.7433
+
+
+def test_old_configs_and_the_bundled_model_are_unchanged():
+    old = json.loads((BUNDLED / 'config.json').read_text())['unet']
+    assert not {'cond_attributes', 'cond_image_channels', 'cond_levels'} & set(old)   # written before the fields
+    config = UNetConfig.from_dict(old)
+    assert config.conditions == () and config == UNetConfig.preset('cpu32')
+    model = build_unet(config).eval()
+    weights = load_file(BUNDLED / 'ema.safetensors')
+    assert sorted(model.state_dict()) == sorted(weights)                  # no new names, none missing
+    model.load_state_dict(weights)                                        # strict: names and shapes
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(4, 3, 32, 32, generator=g), torch.tensor([0, 250, 600, 999])
+    with torch.no_grad(): out = model(x, t).double()
+    assert torch.allclose(out.sum(dim=(1, 2, 3)), torch.tensor(BUNDLED_SUMS, dtype=torch.float64), rtol=1e-4, atol=1e-3)
+    assert abs(out.abs().sum().item() - BUNDLED_ABS_SUM) < 1e-4 * BUNDLED_ABS_SUM
+    with torch.no_grad():                                                 # an empty condition is no condition
+        assert torch.equal(model(x, t, None), model(x, t, Condition())) and torch.equal(model(x, t, {}), model(x, t))
+
+
+def test_condition_fields_round_trip_and_bad_values_are_refused():
+    config = small(**ALL_INPUTS)
+    assert UNetConfig.from_json(config.to_json()) == config and config.conditions == ('attributes', 'image', 'level')
+    assert small(cond_levels=True).conditions == ('level',) and small().conditions == ()
+    for bad in [dict(cond_attributes=-1), dict(cond_attributes=2.5), dict(cond_image_channels=True),
+                dict(cond_levels=1), dict(cond_levels='yes')]:
+        with pytest.raises(ValueError) as err: UNetConfig.preset('tiny', **bad)
+        assert '\n' not in str(err.value) and next(iter(bad)) in str(err.value)
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_conditioned_model_shapes_parameters_and_dict_input(kind):
+    config = small(kind, zero_init=False, **ALL_INPUTS)
+    torch.manual_seed(0); model = build_unet(config).eval()
+    torch.manual_seed(0); plain = build_unet(small(kind, zero_init=False))
+    new = sorted(set(model.state_dict()) - set(plain.state_dict()))
+    assert all(k.startswith('cond_embed.') for k in new) and 'cond_embed.attributes.null' in new
+    assert 'cond_embed.attributes.proj.weight' in new and 'cond_embed.level.mlp.0.weight' in new
+    first = 'conv_in' if kind == 'modern' else 'conv0'
+    assert getattr(model, first).weight.shape[1] == 3 + 2                 # reads x_t ⊕ c
+    x, t, cond = example_inputs(config)
+    with torch.no_grad():
+        out = model(x, t, cond)
+        assert out.shape == x.shape
+        assert torch.equal(model(x, t, vars(cond)), out)                 # a dict with the same keys
+        assert model(x, t, Condition(image=cond.image, level=0.5)).shape == x.shape   # no attributes: null; one level
+        assert model(torch.randn(2, 3, 16, 16), 7, example_condition(config, 2, 16)).shape == (2, 3, 16, 16)
+    assert flops_per_image(model) > flops_per_image(plain)
+
+
+def refusals():
+    "(which model, cond, what the one-line message must say)."
+    x, _, cond = example_inputs(small(**ALL_INPUTS))
+    a, img = cond.attributes, cond.image
+    ok = dict(image=img, level=0.2)
+    return [('plain', dict(attributes=a), 'no attributes input; build it with cond_attributes=5'),
+            ('plain', dict(image=img), 'no image input; build it with cond_image_channels=2'),
+            ('plain', dict(level=0.5), 'no level input; build it with cond_levels=True'),
+            ('plain', dict(drop=True), 'no attributes input'),
+            ('cond', None, r'needs cond.image, an image of shape \(4, 2, 32, 32\)'),
+            ('cond', dict(image=img), 'needs cond.level'),
+            ('cond', dict(image=img[:, :, :16, :16], level=0.2), r'cond.image must have shape \(4, 2, 32, 32\)'),
+            ('cond', dict(image=x, level=0.2), r'cond.image must have shape \(4, 2, 32, 32\)'),
+            ('cond', dict(attributes=a[:, :4], **ok), r'has 4 attributes per image, but this U-Net takes 5'),
+            ('cond', dict(attributes=a[0], **ok), r'cond.attributes must have shape \(N, A\) = \(4, 5\)'),
+            ('cond', dict(attributes=a[:3], **ok), r'cond.attributes must have shape \(N, A\) = \(4, 5\)'),
+            ('cond', dict(attributes=a, drop=torch.rand(4), **ok), 'cond.drop must be booleans'),
+            ('cond', dict(attributes=a, drop=[True, False], **ok), r'cond.drop must be a number or have shape \(4,\)'),
+            ('cond', dict(attributes=a, drop=torch.ones(4, 3, dtype=torch.bool), **ok), r'cond.drop must have shape \(4,\)'),
+            ('cond', dict(image=img, level=torch.rand(4, 1)), r'cond.level must be a number or have shape \(4,\)'),
+            ('cond', dict(attribute=a, **ok), r"unknown condition keys \['attribute'\]"),
+            ('cond', [a, img], 'cond must be a Condition, a dict')]
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_bad_conditions_are_refused_in_one_line(kind):
+    models = {'plain': build_unet(small(kind)), 'cond': build_unet(small(kind, **ALL_INPUTS))}
+    x, t, _ = example_inputs(small(**ALL_INPUTS))
+    for which, cond, message in refusals():
+        with pytest.raises(ValueError, match=message) as err: models[which](x, t, cond)
+        assert '\n' not in str(err.value)
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_drop_gives_exactly_the_null_condition_and_the_null_differs_from_a_real_one(kind):
+    config = small(kind, zero_init=False, **ALL_INPUTS)
+    torch.manual_seed(0); model = build_unet(config).eval()
+    x, t, cond = example_inputs(config)
+    flags = cond.drop
+    with torch.no_grad():
+        kept = model(x, t, replace(cond, drop=None))
+        null = model(x, t, replace(cond, attributes=None, drop=None))      # no attributes: n for every image
+        assert torch.equal(model(x, t, replace(cond, drop=True)), null)
+        assert torch.equal(model(x, t, cond.unconditional()), null)
+        mixed = model(x, t, cond)                                          # drop per image, in one batch
+        assert torch.equal(mixed[flags], null[flags]) and torch.equal(mixed[~flags], kept[~flags])
+    assert (null - kept).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_image_and_level_conditions_change_the_output(kind):
+    config = small(kind, zero_init=False, **ALL_INPUTS)
+    torch.manual_seed(0); model = build_unet(config).eval()
+    x, t, cond = example_inputs(config)
+    with torch.no_grad():
+        out = model(x, t, cond)
+        other_image = model(x, t, replace(cond, image=-cond.image))
+        other_level = model(x, t, replace(cond, level=1 - cond.level))
+        quarters = model(x, t, replace(cond, level=torch.tensor([0.0, 0.25, 0.5, 0.75])))
+        as_timesteps = model(x, t, replace(cond, level=torch.tensor([0, 250, 500, 750])))  # whole numbers: timesteps
+    for other in (other_image, other_level):
+        assert ((other - out).abs().amax(dim=(1, 2, 3)) > 1e-4).all()    # every image's answer changes
+    assert torch.equal(quarters, as_timesteps)                             # ℓ ∈ [0, 1] is embedded as 1000·ℓ
+
+
+def test_null_embedding_and_every_condition_weight_are_learned():
+    config = small(zero_init=False, **ALL_INPUTS)
+    model = build_unet(config).train()
+    x, t, cond = example_inputs(config)
+    grads = census(model, x, t, cond)
+    for name in ('cond_embed.attributes.null', 'cond_embed.attributes.proj.weight', 'cond_embed.level.mlp.0.weight'):
+        assert grads[name] is not None and grads[name].abs().max() > 0, name
+    assert model.conv_in.weight.grad[:, 3:].abs().max() > 0                # the kernels W_c that read the image
+    null_grad = census(model, x, t, replace(cond, drop=None))['cond_embed.attributes.null']   # nothing dropped
+    assert null_grad is None or null_grad.abs().max() == 0                  # n is not used
+
+
+def test_zero_initialised_condition_changes_nothing_until_trained():
+    "Zero-init: W, n, the level MLP's last layer and W_c start at 0, so every condition gives the same answer."
+    config = small(**ALL_INPUTS)
+    torch.manual_seed(0); model = build_unet(config).eval()
+    cond_names = [n for n, _ in model.named_parameters() if n.startswith('cond_embed')]
+    with torch.no_grad():
+        for name, p in model.named_parameters():                            # switch the rest of the network on
+            if not name.startswith('cond_embed') and name != 'conv_in.weight': p.normal_(0, 0.05)
+        x, t, cond = example_inputs(config)
+        out = model(x, t, cond)
+        assert out.abs().max() > 0
+        for other in [replace(cond, drop=None), cond.unconditional(), replace(cond, image=-cond.image),
+                      replace(cond, level=1 - cond.level)]:
+            assert torch.equal(model(x, t, other), out)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)                        # moves each weight with a gradient ≈ lr
+    model.train()
+    for step in range(4):
+        grads = census(model, x, t, cond)
+        opt.step()
+    assert all(grads[n].abs().max() > 0 for n in cond_names)                  # by the fourth pass, all of them
+    assert model.conv_in.weight.grad[:, 3:].abs().max() > 0
+    with torch.no_grad():
+        assert (model(x, t, cond.unconditional()) - model(x, t, replace(cond, drop=None))).abs().max() > 1e-4
