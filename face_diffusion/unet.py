@@ -46,7 +46,7 @@ PRESETS = {
 @dataclass
 class UNetConfig:
     "Everything needed to rebuild a U-Net; round-trips through JSON (it goes into a run's `config.json`)."
-    kind: str = 'modern'                  # 'simple' (the seed's network) or 'modern' (residual blocks + attention)
+    kind: str = 'modern'                  # 'simple' (Ho and Zhu's network) or 'modern' (residual blocks + attention)
     image_size: int = 64                  # side of the square images it is built for
     in_channels: int = 3                  # image channels; the output has as many
     base_channels: int = 64               # width of the first level
@@ -100,7 +100,7 @@ class UNetConfig:
                 raise ValueError(f"{name} must be a whole number ≥ 0 (0: no such input), got {v!r}")
         if not isinstance(self.cond_levels, bool):
             raise ValueError(f"cond_levels must be True or False, got {self.cond_levels!r}")
-        if self.kind == 'simple': return   # the seed's network has no GroupNorm and no attention
+        if self.kind == 'simple': return   # Ho and Zhu's network has no GroupNorm and no attention
         if bad := [r for r in self.attention_resolutions if r not in self.resolutions]:
             raise ValueError(f"attention_resolutions {bad} are not feature-map sides of this U-Net; "
                              f"choose from {self.resolutions}")
@@ -144,7 +144,7 @@ def check_input(config: UNetConfig, x: torch.Tensor, t) -> torch.Tensor:
 
 # %% ../nbs/03_unet.ipynb #d0ba9d2a
 class SimpleBlock(nn.Module):
-    "The seed's block: conv → ReLU → BatchNorm, add the time embedding, conv → ReLU → BatchNorm, then halve or double."
+    "Ho and Zhu's block: conv → ReLU → BatchNorm, add the time embedding, conv → ReLU → BatchNorm, then halve or double."
     def __init__(self, in_ch: int, out_ch: int, time_dim: int, up: bool = False):
         super().__init__()
         self.time_mlp = nn.Linear(time_dim, out_ch)
@@ -162,11 +162,11 @@ class SimpleBlock(nn.Module):
 
 # %% ../nbs/03_unet.ipynb #1d21dfe3
 class SimpleUNet(nn.Module):
-    "The seed's U-Net: initial conv, down blocks, up blocks fed [x, skip], final 1×1 conv. `model(x_t, t, cond)` → like x_t."
+    "Ho and Zhu's U-Net: initial conv, down blocks, up blocks fed [x, skip], final 1×1 conv. `model(x_t, t, cond)` → like x_t."
     def __init__(self, config: UNetConfig):
         super().__init__()
         self.config = config
-        chs = config.widths                                   # the seed: (64, 128, 256, 512, 1024)
+        chs = config.widths                                   # Ho and Zhu's: (64, 128, 256, 512, 1024)
         self.time_embed = TimestepEmbedding(config.base_channels, config.time_dim)
         self.conv0 = nn.Conv2d(config.in_channels + config.cond_image_channels, chs[0], 3, padding=1)  # reads x_t ⊕ c
         self.downs = nn.ModuleList([SimpleBlock(a, b, config.time_dim) for a, b in zip(chs[:-1], chs[1:])])
