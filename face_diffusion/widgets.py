@@ -11,7 +11,6 @@ __all__ = ['HIST_RANGE', 'HIST_BINS', 'histogram_counts', 'histogram_png', 'fram
 import io, math
 import numpy as np
 import torch
-import ipywidgets as W
 from PIL import Image, ImageDraw
 from .data import to_uint8
 
@@ -71,6 +70,18 @@ def histogram_png(density: np.ndarray, size=(256, 192), ymax: float = 1.0) -> by
     buf = io.BytesIO(); im.save(buf, format='PNG'); return buf.getvalue()
 
 # %% ../nbs/01a_widgets.ipynb #1bda3073
+def _value_slider(W, values, description, slider_class):
+    "An IntSlider when the values are evenly spaced and rising, else a SelectionSlider over them (W is ipywidgets)."
+    steps = set(np.diff(values).tolist()) if len(values) > 1 else {1}
+    if len(steps) == 1 and min(steps) > 0:
+        slider = W.IntSlider(value=values[0], min=values[0], max=values[-1], step=min(steps),
+                             description=description, continuous_update=True, layout=W.Layout(width='480px'))
+    else:
+        slider = W.SelectionSlider(options=values, value=values[0], description=description,
+                                   continuous_update=True, layout=W.Layout(width='480px'))
+    slider.add_class(slider_class)
+    return slider
+
 def frame_slider(frames, labels=None, panels=None, values=None, histogram=False, description='t',
                  choice_description='schedule', scale=3, slider_class='fd-timestep-slider'):
     """A slider over precomputed frames: moving it only looks up a picture, it never recomputes one.
@@ -78,6 +89,7 @@ def frame_slider(frames, labels=None, panels=None, values=None, histogram=False,
     or uint8; or a dict {choice: frames}, which adds a dropdown to pick the choice.
     `labels`: F readout strings (or a dict {choice: labels}); `values`: the slider value of each frame
     (default 0 … F−1); `histogram`: show the pixel histogram of the first panel beside the pictures."""
+    import ipywidgets as W                                                  # only here: the package imports without it
     choices = frames if isinstance(frames, dict) else {None: frames}
     label_sets = labels if isinstance(labels, dict) else {c: labels for c in choices}
     rgb = {c: _frames_uint8(f) for c, f in choices.items()}                 # uint8 once, up front
@@ -88,14 +100,7 @@ def frame_slider(frames, labels=None, panels=None, values=None, histogram=False,
     values = list(range(F)) if values is None else [int(v) for v in values]
     if len(values) != F: raise ValueError(f"{len(values)} slider values for {F} frames; give one value per frame")
     index = {v: i for i, v in enumerate(values)}
-    steps = set(np.diff(values).tolist()) if F > 1 else {1}
-    if len(steps) == 1 and min(steps) > 0:
-        slider = W.IntSlider(value=values[0], min=values[0], max=values[-1], step=min(steps),
-                             description=description, continuous_update=True, layout=W.Layout(width='480px'))
-    else:
-        slider = W.SelectionSlider(options=values, value=values[0], description=description,
-                                   continuous_update=True, layout=W.Layout(width='480px'))
-    slider.add_class(slider_class)
+    slider = _value_slider(W, values, description, slider_class)
     dropdown = None
     if len(choices) > 1 or None not in choices:
         dropdown = W.Dropdown(options=list(choices), description=choice_description, layout=W.Layout(width='220px'))

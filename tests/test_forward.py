@@ -1,12 +1,14 @@
 """The forward process: schedules against the papers' formulas (evaluated here in plain Python), the closed form
 q(x_t | x_0) against the step-by-step chain (by sampling, within computed sampling error, and failing for a
-wrong ᾱ), the posterior, the ε / x_0 / v conversions, and one-line errors for bad input."""
+wrong ᾱ), the posterior, the ε / x_0 / v conversions, the DDIM update, the Gaussian degradation, the diffusers config,
+and one-line errors for bad input."""
 import math
 import numpy as np
 import pytest
 import torch
 from face_diffusion.forward import (NoiseSchedule, OBJECTIVES, SCHEDULES, check_closed_form, cosine_betas, extract,
-                                    linear_betas, model_target, q_posterior, q_sample, q_step, split_prediction, velocity)
+                                    linear_betas, model_target, q_posterior, q_sample, q_step, split_prediction, velocity,
+                                    ddim_update, ddim_weights, Degradation, GaussianNoise, scheduler_config, PREDICTION_TYPES)
 
 KINDS = ['linear', 'cosine', 'quadratic', 'sigmoid']
 
@@ -179,3 +181,71 @@ def test_bad_input_one_line_value_error(call, words):
 
 def test_every_schedule_kind_is_listed():
     assert list(SCHEDULES) == KINDS
+
+
+# --- the float64 source, the DDIM update, the degradation interface, the diffusers config ---------------------------
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_schedule_keeps_its_float64_source(kind):
+    s = NoiseSchedule(kind, 300)
+    b = SCHEDULES[kind](300)                                           # β_t in float64, straight from the formula
+    assert torch.equal(s.f64.betas, b) and torch.equal(s.f64.alphas_cumprod, torch.cumprod(1 - b, 0))
+    for name in NoiseSchedule.names:
+        f64 = getattr(s.f64, name)
+        assert f64.dtype == torch.float64 and f64.device.type == 'cpu', name
+        assert torch.equal(getattr(s, name), f64.float()), name         # the float32 tensors are copies of it
+    moved = s.to('cpu')
+    assert moved.f64 is s.f64                                          # to(device) shares the source, copies nothing
+
+
+def test_ddim_update():
+    s, g = NoiseSchedule('cosine', 1000), torch.Generator().manual_seed(11)
+    x0 = torch.rand(4, 3, 8, 8, generator=g) * 2 - 1
+    eps, z = torch.randn(2, 4, 3, 8, 8, generator=g)
+    t = torch.tensor([0, 10, 500, 990])
+    ab = s.f64.alphas_cumprod[t].view(-1, 1, 1, 1)
+    torch.testing.assert_close(ddim_update(x0, eps, extract(s.alphas_cumprod, t, x0.shape)), q_sample(s, x0, t, noise=eps))
+    for i, ti in enumerate(t.tolist()):                                # float ᾱ' and σ, float64 weights
+        sigma = 0.3 * math.sqrt(1 - ab[i].item())
+        want = ab[i].sqrt() * x0[i] + (1 - ab[i] - sigma ** 2).sqrt() * eps[i] + sigma * z[i]   # √ᾱ' x̂_0 + √(1−ᾱ'−σ²) ε̂ + σ z
+        got = ddim_update(x0[i], eps[i], ab[i].item(), sigma, noise=z[i])
+        torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-6)
+    w = ddim_weights(ab, torch.full_like(ab, 0.1))                     # tensors in, tensors out
+    torch.testing.assert_close(w[1], (1 - ab - 0.01).clamp(min=0).sqrt())
+    assert ddim_weights(0.5, 0.9) == (math.sqrt(0.5), 0.0)             # σ² > 1 − ᾱ': no ε̂ left, not NaN
+    with pytest.raises(ValueError, match='noise') as e: ddim_update(x0, eps, 0.5, sigma=0.2)
+    assert '\n' not in str(e.value)
+
+
+def test_gaussian_noise_is_a_degradation():
+    s = NoiseSchedule('linear', 200)
+    noisy = GaussianNoise(s)
+    x0, eps = torch.rand(2, 3, 8, 8) * 2 - 1, torch.randn(2, 3, 8, 8)
+    t = torch.tensor([3, 150])
+    assert isinstance(noisy, Degradation) and noisy.T == 200
+    assert torch.equal(noisy.degrade(x0, t, noise=eps), q_sample(s, x0, t, noise=eps))          # a fixed ε
+    a, b = (noisy.degrade(x0, t, generator=torch.Generator().manual_seed(1)) for _ in range(2))
+    assert torch.equal(a, b) and not torch.equal(a, noisy.degrade(x0, t, generator=torch.Generator().manual_seed(2)))
+    with pytest.raises(ValueError, match='0 … 199'): noisy.degrade(x0, 200)
+    with pytest.raises(NotImplementedError): Degradation().degrade(x0, 0)
+
+
+@pytest.mark.parametrize('kind', KINDS)
+@pytest.mark.parametrize('objective', OBJECTIVES)
+def test_scheduler_config_describes_the_schedule(kind, objective):
+    import json
+    s = NoiseSchedule(kind, 1000)
+    cfg = json.loads(json.dumps(scheduler_config(s, objective)))       # plain JSON
+    assert cfg['num_train_timesteps'] == 1000 and cfg['prediction_type'] == PREDICTION_TYPES[objective]
+    assert cfg['steps_offset'] == 0 and cfg['set_alpha_to_one'] and cfg['clip_sample'] and cfg['sample_max_value'] == 1
+    if cfg['trained_betas'] is not None:
+        betas = torch.tensor(cfg['trained_betas'], dtype=torch.float64)
+    elif cfg['beta_schedule'] == 'linear':                             # how diffusers rebuilds them
+        betas = torch.linspace(cfg['beta_start'], cfg['beta_end'], 1000, dtype=torch.float64)
+    else:
+        assert cfg['beta_schedule'] == 'scaled_linear'
+        betas = torch.linspace(cfg['beta_start'] ** 0.5, cfg['beta_end'] ** 0.5, 1000, dtype=torch.float64) ** 2
+    torch.testing.assert_close(betas, s.f64.betas, rtol=1e-12, atol=0)
+    assert (cfg['trained_betas'] is None) == (kind in ('linear', 'quadratic'))
+    assert scheduler_config(NoiseSchedule('linear', 10), objective)['trained_betas'] is not None     # clamped βs: the list
+    assert not scheduler_config(s, objective, clip_x0=False)['clip_sample']

@@ -1,6 +1,8 @@
 """Sampling (chapters 05 and 06): each sampler step against an independent evaluation of its paper's equations
-(plain numpy from the betas), the samplers against exact denoisers, reproducibility, trajectories, GIFs, bad input."""
-import math
+(plain numpy from the betas), the samplers against exact denoisers, the one sampling loop (reset, callback, condition,
+NaN warning), reproducibility, trajectories, GIFs, bad input, and imports without ipywidgets or matplotlib."""
+import math, subprocess, sys, warnings
+from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
@@ -8,8 +10,8 @@ from PIL import Image
 
 from face_diffusion.forward import NoiseSchedule, OBJECTIVES
 from face_diffusion.sampling import (DDPMSampler, DDIMSampler, DPMSolverSampler, GaussianOracle, DatasetOracle, StepOutput, Trajectory,
-                                     sample, sample_run, make_sampler, ddim_timesteps, frame_indices, slerp,
-                                     save_denoising_gif, trajectory_frames, reverse_slider)
+                                     Sampler, TrajectoryRecorder, sample, sample_run, make_sampler, ddim_timesteps, frame_indices,
+                                     slerp, save_denoising_gif, trajectory_frames, reverse_slider, first_faces, GIF_FACES)
 
 T = 1000
 
@@ -305,8 +307,9 @@ def test_seed_reproduces_samples():
 def test_trajectory_and_stop_noise():
     schedule = NoiseSchedule('linear', 100)
     oracle = GaussianOracle(schedule, 'eps', 0.0, 0.5)
-    x, traj = sample(oracle, DDPMSampler(schedule), 3, 8, generator=torch.Generator().manual_seed(0),
-                     return_trajectory=True, every=7)
+    recorder = TrajectoryRecorder(every=7)
+    x = sample(oracle, DDPMSampler(schedule), 3, 8, generator=torch.Generator().manual_seed(0), callback=recorder)
+    traj = recorder.trajectory(x)
     assert isinstance(traj, Trajectory) and traj.timesteps[:3] == [99, 92, 85] and traj.timesteps[-1] == -1
     assert traj.x_t.shape == (len(traj), 3, 3, 8, 8) == traj.x0_hat.shape and traj.x_t.dtype == torch.float16
     assert torch.allclose(traj.x_t[-1].float(), x, atol=1e-2)
@@ -321,8 +324,9 @@ def test_trajectory_and_stop_noise():
 def test_gif_and_slider(tmp_path):
     schedule = NoiseSchedule('linear', 200)
     oracle = GaussianOracle(schedule, 'eps', 0.0, 0.5)
-    _, traj = sample(oracle, DDPMSampler(schedule), 4, 16, generator=torch.Generator().manual_seed(0),
-                     return_trajectory=True, every=2)
+    recorder = TrajectoryRecorder(every=2)
+    x = sample(oracle, DDPMSampler(schedule), 4, 16, generator=torch.Generator().manual_seed(0), callback=recorder)
+    traj = recorder.trajectory(x)
     idx = frame_indices(len(traj), 20)
     assert idx[0] == 0 and idx[-1] == len(traj) - 1 and np.diff(idx)[-3:].mean() < np.diff(idx)[:3].mean()
     pics, labels, ts = trajectory_frames(traj, 20, nrow=2)
@@ -347,7 +351,9 @@ def test_sample_run_from_a_run_folder(tmp_path):
     a = sample_run(run, 2, sampler='ddim', steps=5, seed=3)
     assert a.shape == (2, 3, 32, 32) and a.min() >= -1 and a.max() <= 1
     assert torch.equal(a, sample_run(run, 2, sampler='ddim', steps=5, seed=3))
-    b, traj = sample_run(run, 1, sampler='ddpm', seed=0, return_trajectory=True, every=10)
+    recorder = TrajectoryRecorder(every=10)
+    b = sample_run(run, 1, sampler='ddpm', seed=0, callback=recorder)
+    traj = recorder.trajectory(b)
     assert len(traj) == 11 and b.shape == (1, 3, 32, 32)
     with pytest.raises(ValueError, match='steps'): sample_run(run, 1, sampler='ddim', steps=101)
     with pytest.raises(ValueError, match='ddim'): sample_run(run, 1, sampler='ddpm', steps=10)
@@ -362,6 +368,7 @@ def test_sample_run_from_a_run_folder(tmp_path):
     lambda s: sample(GaussianOracle(s), DDPMSampler(s), 1, 4, stop_noise_after=T + 1),
     lambda s: sample(GaussianOracle(s), DDPMSampler(s), 1, 4, x_T=torch.zeros(1, 3, 5, 5)),
     lambda s: sample(GaussianOracle(s), DDPMSampler(s), 0, 4),
+    lambda s: TrajectoryRecorder(every=0),
 ])
 def test_bad_input_is_one_line_value_error(make):
     with pytest.raises(ValueError) as e: make(NoiseSchedule('linear', T))
@@ -381,3 +388,136 @@ def test_cuda_sampling_matches_cpu_seed():
     a = sample(oracle, DDIMSampler(schedule, steps=20, eta=0.5), 2, 8, generator=torch.Generator().manual_seed(1))
     b = sample(oracle, DDIMSampler(schedule, steps=20, eta=0.5), 2, 8, generator=torch.Generator().manual_seed(1), device='cuda')
     assert b.device.type == 'cuda' and torch.allclose(a, b.cpu(), atol=1e-4)
+
+
+# ---------------------------------------------------------------- the sampler interface and the one loop
+
+def test_step_output_unpacks_as_a_pair():
+    schedule = NoiseSchedule('linear', 100)
+    x_t, out = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    for smp in (DDPMSampler(schedule), DDIMSampler(schedule, steps=10), DPMSolverSampler(schedule, steps=10)):
+        t = int(smp.timesteps[0])
+        z = torch.randn(x_t.shape)
+        step = smp.step(out, t, x_t, noise=z)
+        smp.reset()
+        x_next, x0_hat = smp.step(out, t, x_t, noise=z)
+        assert isinstance(step, StepOutput) and isinstance(smp, Sampler)
+        assert torch.equal(x_next, step.prev_sample) and torch.equal(x0_hat, step.pred_original_sample)
+
+
+def test_ddim_reads_the_schedules_float64_alphas():
+    "No second copy of ᾱ: the sampler's numbers are the schedule's float64 ones, exactly."
+    schedule = NoiseSchedule('cosine', T)
+    for smp in (DDIMSampler(schedule, steps=10), DPMSolverSampler(schedule, steps=10)):
+        assert not hasattr(smp, 'alphas_cumprod')
+        for t in smp.timesteps.tolist():
+            assert smp.alpha_bar(t) == schedule.f64.alphas_cumprod[t].item()
+    c = DDIMSampler(schedule, steps=10, spacing='trailing').coefficients(999)
+    assert c['alpha_bar'] == schedule.f64.alphas_cumprod[999].item() and c['alpha_bar_prev'] == schedule.f64.alphas_cumprod[899].item()
+
+
+def test_dpm_solver_state_is_explicit():
+    "DPM-Solver++ has no η, is not a DDIM subclass, and keeps only `previous`, which reset() forgets."
+    schedule = NoiseSchedule('cosine', T)
+    smp = DPMSolverSampler(schedule, 'eps', steps=5)
+    assert not hasattr(smp, 'eta') and not isinstance(smp, DDIMSampler) and smp.previous is None
+    x, out = torch.randn(1, 3, 4, 4), torch.randn(1, 3, 4, 4)
+    ts = smp.timesteps.tolist()
+    smp.step(out, ts[0], x)
+    assert smp.previous is not None and smp.previous[1] == smp.alpha_sigma_lambda(ts[0])[2]
+    smp.reset()
+    assert smp.previous is None
+    first_order = smp.step(out, ts[1], x).prev_sample                              # no memory: a DDIM (η = 0) step
+    ddim = DDIMSampler(schedule, 'eps', steps=5, spacing='trailing').step(out, ts[1], x).prev_sample
+    assert torch.allclose(first_order, ddim, atol=1e-5)
+
+
+class CountingSampler(DDIMSampler):
+    "DDIM that records when the loop calls reset() and step()."
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.calls = []
+
+    def reset(self): self.calls.append('reset')
+
+    def step(self, *a, **kw):
+        self.calls.append('step')
+        return super().step(*a, **kw)
+
+
+def test_the_loop_resets_the_sampler_before_the_first_step():
+    schedule = NoiseSchedule('linear', 100)
+    smp = CountingSampler(schedule, steps=4)
+    for _ in range(2): sample(GaussianOracle(schedule), smp, 1, 4, generator=torch.Generator().manual_seed(0))
+    assert smp.calls == ['reset', 'step', 'step', 'step', 'step'] * 2
+
+
+def test_the_loop_passes_the_condition_and_calls_back():
+    schedule = NoiseSchedule('linear', 100)
+    oracle = GaussianOracle(schedule, 'eps', 0.0, 0.5)
+    seen = []
+
+    class Conditional(torch.nn.Module):
+        def forward(self, x_t, t, cond=None):
+            seen.append(cond)
+            return oracle(x_t, t, cond=cond)
+
+    cond = {'attributes': torch.ones(2, 4)}
+    steps = []
+    smp = DDIMSampler(schedule, steps=5)
+    with_cond = sample(Conditional(), smp, 2, 4, generator=torch.Generator().manual_seed(0), cond=cond,
+                       callback=lambda i, t, x_t, x0_hat: steps.append((i, t, x_t.shape, x0_hat.shape)))
+    assert all(c is cond for c in seen) and len(seen) == 5
+    assert [s[:2] for s in steps] == list(enumerate(smp.timesteps.tolist())) and steps[0][2] == steps[0][3] == (2, 3, 4, 4)
+    unconditional = sample(lambda x_t, t: oracle(x_t, t), smp, 2, 4, generator=torch.Generator().manual_seed(0))   # model(x, t)
+    assert torch.equal(with_cond, unconditional)
+
+
+def test_nan_images_warn_once():
+    schedule = NoiseSchedule('linear', 20)
+    half_nan = lambda x_t, t: torch.cat([torch.full_like(x_t[:1], float('nan')), torch.zeros_like(x_t[1:])])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        sample(half_nan, DDPMSampler(schedule), 3, 4, generator=torch.Generator().manual_seed(0))
+        sample(GaussianOracle(schedule), DDPMSampler(schedule), 3, 4, generator=torch.Generator().manual_seed(0))
+    assert len(caught) == 1 and '\n' not in str(caught[0].message)
+    assert '1 of 3 images from DDPMSampler' in str(caught[0].message) and 'damaged' in str(caught[0].message)
+
+
+def test_sample_run_defaults_to_dpm_solver_and_reads_channels():
+    schedule = NoiseSchedule('linear', 100)
+    run = SimpleNamespace(model=GaussianOracle(schedule, 'v', 0.1, 0.5), schedule=schedule, objective='v',
+                          config={'image_size': 8, 'unet': {'in_channels': 3}})
+    default = sample_run(run, 2, seed=1, steps=10)
+    assert torch.equal(default, sample_run(run, 2, 'dpm++', seed=1, steps=10))
+    assert not torch.equal(default, sample_run(run, 2, 'ddim', seed=1, steps=10))
+    run.channels = 1                                                                 # a run that knows its channels
+    assert sample_run(run, 2, seed=1, steps=10).shape == (2, 1, 8, 8)
+    recorder = TrajectoryRecorder(every=3)
+    x = sample_run(run, 2, sampler='ddpm', seed=1, callback=recorder)
+    assert recorder.trajectory(x).timesteps == list(range(99, -1, -3)) + [-1]
+
+
+def test_first_faces():
+    traj = Trajectory([5, -1], torch.zeros(2, 40, 3, 4, 4), torch.ones(2, 40, 3, 4, 4))
+    few = first_faces(traj)
+    assert GIF_FACES == 16 and few.x_t.shape == few.x0_hat.shape == (2, 16, 3, 4, 4) and few.timesteps == [5, -1]
+    assert first_faces(traj, 3).x_t.shape[1] == 3
+
+
+BLOCK_DRAWING = '''
+import importlib.abc, sys
+class Blocked(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('ipywidgets', 'matplotlib'): raise ImportError(f'{name} is blocked for this test')
+sys.meta_path.insert(0, Blocked())
+import face_diffusion.forward, face_diffusion.sampling, face_diffusion.widgets
+assert not any(m.split('.')[0] in ('ipywidgets', 'matplotlib') for m in sys.modules)
+print('imported')
+'''
+
+
+def test_imports_without_ipywidgets_or_matplotlib():
+    "The sampling code imports (so the command line samples) without the drawing libraries."
+    out = subprocess.run([sys.executable, '-c', BLOCK_DRAWING], capture_output=True, text=True)
+    assert out.returncode == 0 and 'imported' in out.stdout, out.stderr[-2000:]
