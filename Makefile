@@ -31,6 +31,7 @@ browser-deps:
 ## Developer helpers (not needed by the README's two commands).
 export: $(STAMP)
 	$(BIN)/python tools/colab.py && $(BIN)/nbdev-clean && $(BIN)/nbdev-export && $(BIN)/python tools/make_readme.py
+	touch $(STAMP)   # nbdev-export rewrites pyproject.toml unchanged: no reinstall for that
 
 sync-check: $(STAMP)
 	$(BIN)/python tools/check_sync.py

@@ -9,17 +9,18 @@ for a wall-clock budget, sample, and score the samples by patch SWD as a multipl
 import argparse, json, time
 from pathlib import Path
 
-from face_diffusion.cli import measure_train_speed
 from face_diffusion.data import synthetic_faces
 from face_diffusion.metrics import nearest_neighbours, swd_multiple
 from face_diffusion.sampling import SAMPLERS, sample_run
-from face_diffusion.training import Trainer, TrainConfig, load_run
+from face_diffusion.runs import load_run
+from face_diffusion.training import Trainer, TrainConfig, measure_train_speed
 from face_diffusion.unet import UNetConfig
 
-V = dict(objective='v', schedule='cosine', lr=1e-3)
+OFF = dict(min_snr_gamma=None)   # the rows were measured without min-SNR unless they name it
+V = dict(objective='v', schedule='cosine', lr=1e-3, **OFF)
 RECIPES = {   # name: TrainConfig fields, plus 'unet' (changes to the cpu32 preset) and 'batch_size' (default 64)
-    'eps-linear-2e-4': dict(objective='eps', schedule='linear', lr=2e-4),
-    'eps-cosine-1e-3': dict(objective='eps', schedule='cosine', lr=1e-3),
+    'eps-linear-2e-4': dict(objective='eps', schedule='linear', lr=2e-4, **OFF),
+    'eps-cosine-1e-3': dict(objective='eps', schedule='cosine', lr=1e-3, **OFF),
     'v-cosine-1e-3': dict(V),
     'v-cosine-2e-3': dict(V, lr=2e-3),
     'v-bf16': dict(V, precision='bf16'),

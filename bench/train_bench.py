@@ -109,10 +109,7 @@ def build_project(args, setting, device, workdir):
     images = random_batch(args, "cpu").repeat(2, 1, 1, 1)       # the trainer keeps them on the device as uint8
     trainer = Trainer(config, train, images, workdir / f"project_{setting.label}", overwrite=True, device=device,
                       progress=False)
-    trainer.model.train()
-    # What Trainer.fit sets up before its loop: device-side step counter and NaN watch (no host sync per step).
-    trainer._step_t = torch.full((), trainer.step, dtype=torch.long, device=device)
-    trainer._first_bad = torch.full((), -1, dtype=torch.long, device=device)
+    trainer.model.train()                                       # train_step is public and needs nothing else set up
 
     ema_model = maybe_compile(trainer.ema.module, setting)      # sampling uses the EMA weights, as load_run does
     sampler = DDIMSampler(trainer.schedule, objective=train.objective, steps=args.ddim_steps) if args.ddim_steps else None

@@ -1,4 +1,4 @@
-"""The `face-diffusion` command, run as a separate process the way a person runs it."""
+"""The `face-diffusion` command: in-process through `main` (fast, and immune to a busy machine), and once as a process."""
 import subprocess, sys
 
 import numpy as np
@@ -34,27 +34,27 @@ def test_help_for_every_subcommand(capsys):
 
 
 @pytest.mark.parametrize('args, words', [
-    (['faces', '--size', '8'], '--size must be from 16 to 128'),
-    (['faces', '--size', '200'], '--size must be from 16 to 128'),
-    (['faces', '--n', '0'], '--n must be from 1 to 10000'),
-    (['faces', '--n', 'lots'], '--n must be a whole number'),
-    (['faces', '--seed', '-1'], '--seed must be at least 0'),
-    (['faces', '--out', 'faces.jpgx'], '--out must name a .png file'),
+    (['faces', '--size', '8'], 'argument --size: must be from 16 to 128'),
+    (['faces', '--size', '200'], 'argument --size: must be from 16 to 128'),
+    (['faces', '--n', '0'], 'argument --n: must be from 1 to 10000'),
+    (['faces', '--n', 'lots'], 'argument --n: must be a whole number'),
+    (['faces', '--seed', '-1'], 'argument --seed: must be at least 0'),
+    (['faces', '--out', 'faces.jpgx'], 'argument --out: must name a .png file'),
     (['faces', '--unknown'], 'unrecognized arguments'),
     (['sing'], 'invalid choice'),
     ([], 'required'),
     (['sample', '--run', 'no_such_run'], 'not a run folder'),
-    (['sample', '--sampler', 'euler'], '--sampler must be one of ddpm, ddim'),
-    (['sample', '--eta', '1.5'], '--eta must be from 0 to 1'),
+    (['sample', '--sampler', 'euler'], "argument --sampler: invalid choice: 'euler'"),
+    (['sample', '--eta', '1.5'], 'argument --eta: must be a finite number ≥ 0 and ≤ 1'),
     (['sample', '--sampler', 'dpm++', '--eta', '0.5'], 'the dpm++ sampler is deterministic'),
-    (['sample', '--spacing', 'even'], '--spacing must be one of uniform, trailing, quadratic'),
-    (['sample', '--n', '0'], '--n must be from 1 to 1024'),
+    (['sample', '--spacing', 'even'], "argument --spacing: invalid choice: 'even'"),
+    (['sample', '--n', '0'], 'argument --n: must be from 1 to 1024'),
     (['train', '--model', 'huge'], 'unknown U-Net preset'),
-    (['train', '--objective', 'noise'], '--objective must be one of eps, x0, v'),
+    (['train', '--objective', 'noise'], "argument --objective: invalid choice: 'noise'"),
     (['train', '--data', 'no_such_folder'], 'no_such_folder'),
-    (['train', '--steps', '0'], '--steps must be at least 1'),
-    (['train', '--lr', 'fast'], '--lr must be a number'),
-    (['demo', '--minutes', '-1'], '--minutes must be a finite number'),
+    (['train', '--steps', '0'], 'argument --steps: must be at least 1'),
+    (['train', '--lr', 'fast'], 'argument --lr: must be a number'),
+    (['demo', '--minutes', '-1'], 'argument --minutes: must be a finite number'),
 ])
 def test_bad_values_one_line(args, words, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)                                            # nothing may be written here either
@@ -69,45 +69,57 @@ def test_bad_values_one_line(args, words, tmp_path, capsys, monkeypatch):
 def test_bad_value_in_a_process(tmp_path):
     r = cli('faces', '--size', '7', '--out', tmp_path / 'f.png')
     assert r.returncode == 2 and r.stdout == ''
-    assert r.stderr.strip() == 'face-diffusion: error: --size must be from 16 to 128, got 7'
+    assert r.stderr.strip() == 'face-diffusion: error: argument --size: must be from 16 to 128, got 7 (see `face-diffusion faces --help`)'
     assert not (tmp_path / 'f.png').exists()
 
 
-def test_demo_trains_and_samples(tmp_path):
+def run_main(*args):
+    "The command in-process: (exit status, stdout, stderr)."
+    import contextlib, io
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try: code = main([str(a) for a in args])
+        except SystemExit as e: code = e.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_demo_trains_and_samples(tmp_path, monkeypatch):
     "The main job end to end, with a training budget of about a second (the real demo trains for 10 minutes)."
-    r = cli('demo', '--minutes', '0.02', '--device', 'cpu', cwd=tmp_path, timeout=600)
-    assert r.returncode == 0, r.stderr
-    out = tmp_path / 'demo_out'
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_main('demo', '--minutes', '0.02', '--device', 'cpu')
+    assert code == 0, err
+    demo = tmp_path / 'demo_out'
     for name in ['samples.png', 'denoising.gif', 'run/config.json', 'run/ema.safetensors']:
-        assert (out / name).is_file(), (name, r.stdout)
-    assert Image.open(out / 'samples.png').size == (2 + 8 * 34, 2 + 8 * 34)       # 64 faces of 32 px
-    assert 'training images/s' in r.stdout
-    again = cli('demo', '--minutes', '0.02', cwd=tmp_path)                         # an earlier run is kept
-    assert again.returncode == 2 and 'pass --overwrite' in again.stderr and len(again.stderr.strip().splitlines()) == 1
+        assert (demo / name).is_file(), (name, out)
+    assert Image.open(demo / 'samples.png').size == (2 + 8 * 34, 2 + 8 * 34)       # 64 faces of 32 px
+    assert 'training images/s' in out
+    code, _, err = run_main('demo', '--minutes', '0.02')                          # an earlier run is kept
+    assert code == 2 and 'pass --overwrite' in err and len(err.strip().splitlines()) == 1
 
 
 def test_train_resume_and_sample(tmp_path):
     run = tmp_path / 'run'
     base = ['train', '--model', 'tiny', '--size', '16', '--n-images', '32', '--batch', '4', '--out', run]
-    r = cli(*base, '--steps', '4')
-    assert r.returncode == 0, r.stderr
+    code, _, err = run_main(*base, '--steps', '4')
+    assert code == 0, err
     assert (run / 'checkpoints' / 'step_000004').is_dir()
-    r = cli('train', '--out', run, '--resume', '--n-images', '32', '--steps', '2')  # two more steps of the same run
-    assert r.returncode == 0, r.stderr
+    code, _, err = run_main('train', '--out', run, '--resume', '--steps', '2')    # two more steps; the data come from the run
+    assert code == 0, err
     assert (run / 'checkpoints' / 'step_000006').is_dir()
-    r = cli(*base, '--steps', '4')                                                 # never replaced by accident
-    assert r.returncode == 2 and '--overwrite' in r.stderr and (run / 'checkpoints' / 'step_000006').is_dir()
-    r = cli('sample', '--run', run, '--n', '4', '--steps', '3', '--seed', '7', '--out', tmp_path / 'a.png')
-    r2 = cli('sample', '--run', run, '--n', '4', '--steps', '3', '--seed', '7', '--out', tmp_path / 'b.png')
-    assert r.returncode == r2.returncode == 0, r.stderr + r2.stderr
-    assert np.array_equal(np.array(Image.open(tmp_path / 'a.png')), np.array(Image.open(tmp_path / 'b.png')))
+    code, _, err = run_main(*base, '--steps', '4')                                # never replaced by accident
+    assert code == 2 and '--overwrite' in err and (run / 'checkpoints' / 'step_000006').is_dir()
+    a, b = tmp_path / 'a.png', tmp_path / 'b.png'
+    for path in (a, b):
+        code, _, err = run_main('sample', '--run', run, '--n', '4', '--steps', '3', '--seed', '7', '--out', path)
+        assert code == 0, err
+    assert np.array_equal(np.array(Image.open(a)), np.array(Image.open(b)))
 
 
 def test_demo_trains_in_the_faster_precision(monkeypatch):
     "On a CPU the demo times fp32 and bf16 and trains in the faster (bf16 loses badly on CPUs without bf16 instructions)."
-    import face_diffusion.cli as cli_module
+    import face_diffusion.training as training
     from face_diffusion.unet import UNetConfig
     for fast in ('fp32', 'bf16'):
-        monkeypatch.setattr(cli_module, 'measure_train_speed',
+        monkeypatch.setattr(training, 'measure_train_speed',
                             lambda unet, batch, device, precision, seconds: 200.0 if precision == fast else 100.0)
-        assert cli_module.fastest_precision(UNetConfig.preset('tiny'), 4, 'cpu', seconds=0.1) == (fast, 200.0)
+        assert training.fastest_precision(UNetConfig.preset('tiny'), 4, 'cpu', seconds=0.1) == (fast, 200.0)

@@ -7,8 +7,8 @@ import torch
 
 from face_diffusion.data import synthetic_faces, to_float
 from face_diffusion.forward import NoiseSchedule
-from face_diffusion.training import (EMA, NonFiniteLossError, TrainConfig, Trainer, checkpoints, diffusion_loss,
-                                     load_run, read_log)
+from face_diffusion.training import EMA, NonFiniteLossError, TrainConfig, Trainer, diffusion_loss
+from face_diffusion.runs import checkpoints, load_run, read_log
 from face_diffusion.unet import UNetConfig, build_unet
 
 TINY16 = dict(UNetConfig.preset('tiny').to_dict(), image_size=16)
@@ -142,7 +142,7 @@ def test_signal_leaves_loadable_checkpoint(tmp_path, sig):
 def test_existing_run_folder_is_not_overwritten(tmp_path, faces16):
     Trainer(tiny16(), small(steps=2), faces16, tmp_path / 'run', device='cpu', progress=False).fit()
     before = {p: p.read_bytes() for p in (tmp_path / 'run').rglob('*') if p.is_file()}
-    with pytest.raises(ValueError, match=r'^run folder .*run exists; pass --resume to continue it or --overwrite to replace it$'):
+    with pytest.raises(ValueError, match=r'^\S*run holds a run; pass --resume to continue it or --overwrite to replace it, or choose another --out$'):
         Trainer(tiny16(), small(steps=2), faces16, tmp_path / 'run', device='cpu')
     assert {p: p.read_bytes() for p in (tmp_path / 'run').rglob('*') if p.is_file()} == before
     # overwrite=True replaces it …
@@ -158,14 +158,16 @@ def test_existing_run_folder_is_not_overwritten(tmp_path, faces16):
 def test_checkpoint_of_a_different_model_is_refused(tmp_path, faces16):
     Trainer(tiny16(), small(steps=2), faces16, tmp_path / 'run', device='cpu', progress=False).fit()
     with pytest.raises(ValueError) as err:
-        Trainer(tiny16(base_channels=16), small(steps=2), faces16, tmp_path / 'run', device='cpu', resume=True)
+        Trainer(tiny16(base_channels=16), small(steps=2), faces16, tmp_path / 'run', device='cpu',
+                resume_from=checkpoints(tmp_path / 'run')[-1])
     msg = str(err.value)
     assert 'unet.base_channels' in msg and '\n' not in msg
     other = Trainer(tiny16(base_channels=16), small(steps=2), faces16, tmp_path / 'other', device='cpu')
     with pytest.raises(ValueError, match='different model'):
         other.load_checkpoint(checkpoints(tmp_path / 'run')[-1])
     with pytest.raises(ValueError, match='objective'):
-        Trainer(tiny16(), small(steps=2, objective='eps'), faces16, tmp_path / 'run', device='cpu', resume=True)
+        Trainer(tiny16(), small(steps=2, objective='eps'), faces16, tmp_path / 'run', device='cpu',
+                resume_from=checkpoints(tmp_path / 'run')[-1])
 
 
 def test_nan_loss_stops_the_run(tmp_path, faces16):
@@ -195,7 +197,7 @@ def test_nan_from_a_huge_learning_rate_is_caught_before_saving(tmp_path, faces16
 
 
 def test_missing_or_incomplete_run_folders(tmp_path, faces16):
-    with pytest.raises(FileNotFoundError, match='no run folder'):
+    with pytest.raises(FileNotFoundError, match='not a run folder'):
         load_run(tmp_path / 'nothing')
     Trainer(tiny16(), small(), faces16, tmp_path / 'fresh', device='cpu')   # config.json, no checkpoint yet
     with pytest.raises(FileNotFoundError, match='has no ema.safetensors'):
@@ -220,7 +222,9 @@ def test_run_folder_layout_and_log(tmp_path, faces16):
     Trainer(tiny16(), cfg, faces16, tmp_path / 'run', device='cpu', progress=False).fit()
     d = tmp_path / 'run'
     config = json.loads((d / 'config.json').read_text())
-    assert set(config) == {'unet', 'schedule', 'objective', 'train', 'image_size'}
+    assert set(config) == {'format', 'format_version', 'unet', 'schedule', 'objective', 'train', 'image_size', 'data', 'world_size'}
+    assert config['data']['kind'] == 'tensor' and config['data']['count'] == len(faces16)
+    assert (d / 'scheduler_config.json').is_file()
     assert [p.name for p in checkpoints(d)] == ['step_000004', 'step_000006']     # keep_last=2
     assert sorted(p.name for p in (d / 'samples').iterdir()) == ['step_000003.png', 'step_000006.png']
     assert not [p for p in d.rglob('*') if '.tmp' in p.name]                     # no temporary files left
@@ -235,3 +239,43 @@ def test_ema_warmup_and_average():
     for _ in range(100): ema.update(net)
     assert ema.current_decay == 0.9
     with pytest.raises(ValueError): EMA(net, decay=1.0)
+
+
+def test_sample_grids_show_the_ema_model(tmp_path, faces16):
+    "The last grid is exactly a fresh EMA sample (not the raw weights'), and training changed it since the first grid."
+    from types import SimpleNamespace
+    import copy
+    import numpy as np
+    from PIL import Image
+    from face_diffusion.data import save_grid
+    cfg = small(steps=40, lr=2e-3, sample_every=20, sample_n=4, sample_steps=5, ema_decay=0.9)
+    tr = Trainer(tiny16(), cfg, faces16, tmp_path / 'run', device='cpu', progress=False).fit()
+    grids = sorted((tmp_path / 'run' / 'samples').glob('step_*.png'))
+    assert [p.name for p in grids] == ['step_000020.png', 'step_000040.png']
+    pixels = lambda p: np.asarray(Image.open(p).convert('RGB'), dtype=np.int16)
+    def off(trainer):                                    # fraction of values more than one grey level from the last grid
+        fresh = save_grid(trainer.sample().float().clamp(-1, 1), tmp_path / f'fresh_{id(trainer)}.png')
+        return (np.abs(pixels(fresh) - pixels(grids[-1])) > 1).mean()
+    raw = copy.copy(tr)
+    raw.ema = SimpleNamespace(module=copy.deepcopy(tr.model).eval())   # a trainer that would sample the raw weights
+    assert off(tr) < 1e-3                                # measured: 0
+    assert off(raw) > 0.05                               # measured: about 0.3
+    assert np.abs(pixels(grids[0]) - pixels(grids[-1])).mean() > 2
+
+
+def test_posterior_coefficients_give_the_elbo_weight():
+    "KL(q(x_{t−1}|x_t,x_0) ‖ p_θ) with the library's posterior = ½(SNR_{t−1} − SNR_t)‖x_0 − x̂_0‖² (variance β̃_t)."
+    from face_diffusion.forward import q_posterior
+    sched = NoiseSchedule('cosine', 1000)
+    g = torch.Generator().manual_seed(0)
+    t = torch.tensor([1, 5, 50, 200, 500, 800, 990])
+    x0 = torch.rand(len(t), 3, 8, 8, generator=g, dtype=torch.float64) * 2 - 1
+    x0_hat = x0 + 0.1 * torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    x_t = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    mu_q, var, _ = q_posterior(sched, x0, x_t, t)
+    mu_p, _, _ = q_posterior(sched, x0_hat, x_t, t)      # the model's mean: x̂_0 in place of x_0
+    kl = (mu_q - mu_p).pow(2).flatten(1).sum(1) / (2 * var.flatten(1)[:, 0])
+    f = sched.f64
+    snr_prev = f.alphas_cumprod_prev[t] / (1 - f.alphas_cumprod_prev[t])
+    expected = 0.5 * (snr_prev - f.snr[t]) * (x0 - x0_hat).pow(2).flatten(1).sum(1)
+    assert torch.allclose(kl, expected, rtol=1e-5)       # float32 coefficients: measured within 1e-6

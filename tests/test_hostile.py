@@ -1,0 +1,349 @@
+"""A catalogue of hostile inputs and what each gets.
+
+Each test is one case a careless or unlucky user meets: the command (or Python call), and what it must do now —
+a one-line error or warning naming what to fix, a run that carries on safely, and nothing of the user's lost.
+The commands run in-process through `main`, on tiny models and data, so the catalogue stays fast on a busy machine."""
+import contextlib, io, json, os, re, shutil, signal, socket, subprocess, sys, warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from safetensors.torch import load_file
+
+from face_diffusion.cli import main
+from face_diffusion.runs import checkpoints, load_run
+from face_diffusion.training import TrainConfig
+
+PROGRESS_BAR = re.compile(r'\d+%\|')                                   # tqdm's lines, also on stderr
+TINY = ['--model', 'tiny', '--size', '16', '--batch', '4']
+
+
+def run(*args):
+    "face-diffusion in-process: (exit status, stdout, stderr)."
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+        warnings.simplefilter('always')
+        try: code = main([str(a) for a in args])
+        except SystemExit as e: code = e.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def refused(code, err, *words):
+    "Exit status 2, one line on stderr that starts as the command's errors do, and names each of `words`."
+    assert code == 2, err
+    said = [l for l in err.strip().splitlines() if not PROGRESS_BAR.search(l)]
+    assert len(said) == 1 and said[0].startswith('face-diffusion: error:'), err
+    for w in words: assert w in err, (w, err)
+
+
+def tree(folder: Path) -> dict:
+    "Every file under `folder` with its bytes: what must survive a refused command unchanged."
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob('*')) if p.is_file()}
+
+
+def photos(folder: Path, n: int = 6, size: int = 24) -> Path:
+    "A folder of small JPEG photos made here (no downloads)."
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f'p{i}.jpg')
+    return folder
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    "A tiny run of 4 steps with checkpoints at steps 2 and 4 (copy it before changing it)."
+    d = tmp_path_factory.mktemp('trained') / 'run'
+    code, _, err = run('train', *TINY, '--n-images', '16', '--steps', '4', '--save-every', '2', '--out', d)
+    assert code == 0, err
+    return d
+
+
+@pytest.fixture
+def copy_of(trained, tmp_path):
+    dst = tmp_path / 'run'
+    shutil.copytree(trained, dst)
+    return dst
+
+
+# ---- 1. Data loss ------------------------------------------------------------------------------------------------
+
+def test_overwrite_never_deletes_a_folder_holding_the_data(tmp_path):
+    "train --data DIR/photos --out DIR --overwrite, where DIR holds a config.json: refused, the photos kept."
+    home = tmp_path / 'home'
+    photos(home / 'photos')
+    (home / 'config.json').write_text('{"mine": true}')
+    before = tree(home)
+    refused(*run('train', *TINY, '--data', home / 'photos', '--out', home, '--overwrite', '--steps', '1')[::2],
+            'contains the training data')
+    assert tree(home) == before
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_a_run(tmp_path):
+    "--overwrite on a folder with a config.json this project did not write: refused, nothing deleted."
+    d = tmp_path / 'mine'; d.mkdir()
+    (d / 'config.json').write_text('{"unet": {}, "schedule": {}, "objective": "v"}')
+    (d / 'notes.txt').write_text('keep me')
+    before = tree(d)
+    refused(*run('train', *TINY, '--n-images', '8', '--out', d, '--overwrite', '--steps', '1')[::2], 'not a run folder')
+    assert tree(d) == before
+
+
+def test_overwrite_never_deletes_a_run_holding_other_files(copy_of):
+    "--overwrite on a real run into which a user dropped a file: refused, nothing deleted."
+    (copy_of / 'samples' / 'holiday.jpg').write_bytes(b'a photo')
+    before = tree(copy_of)
+    refused(*run('train', *TINY, '--n-images', '8', '--out', copy_of, '--overwrite', '--steps', '1')[::2],
+            'samples/holiday.jpg', 'nothing was deleted')
+    assert tree(copy_of) == before
+
+
+def test_overwrite_replaces_a_run_and_nothing_else(copy_of):
+    code, _, err = run('train', *TINY, '--n-images', '8', '--out', copy_of, '--overwrite', '--steps', '1')
+    assert code == 0, err
+    assert [p.name for p in checkpoints(copy_of)] == ['step_000001']
+
+
+# ---- 2. Resume forgets the data ------------------------------------------------------------------------------------
+
+def test_resume_needs_only_the_folder_and_reads_the_same_photos(tmp_path):
+    "A run on a photo folder, killed after its step-2 checkpoint, resumed with `--out DIR --resume` alone: the same photos, exactly."
+    data = photos(tmp_path / 'photos')
+    one_go, killed = tmp_path / 'one_go', tmp_path / 'killed'
+    for d in (one_go, killed):
+        assert run('train', *TINY, '--data', data, '--steps', '4', '--save-every', '2', '--out', d)[0] == 0
+    shutil.rmtree(killed / 'checkpoints' / 'step_000004')                  # as if killed before its last save
+    code, out, err = run('train', '--out', killed, '--resume')
+    assert code == 0, err
+    cfg = json.loads((killed / 'config.json').read_text())
+    assert cfg['data']['kind'] == 'folder' and cfg['data']['path'] == str(data.resolve()) and cfg['data']['count'] == 6
+    for name in ('model.safetensors', 'ema.safetensors'):                 # bit for bit the uninterrupted run
+        a, b = load_file(one_go / name), load_file(killed / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_photos_that_changed(tmp_path):
+    data = photos(tmp_path / 'photos')
+    assert run('train', *TINY, '--data', data, '--steps', '2', '--out', tmp_path / 'r')[0] == 0
+    photos(tmp_path / 'extra', n=1).joinpath('p0.jpg').rename(data / 'new.jpg')
+    refused(*run('train', '--out', tmp_path / 'r', '--resume', '--steps', '1')[::2], 'differ from the run')
+
+
+@pytest.mark.parametrize('option, value, words', [
+    ('--lr', 'abc', 'argument --lr: must be a number'),
+    ('--size', '999', 'argument --size: must be from 16 to 128'),
+    ('--batch', '-5', 'argument --batch: must be at least 1'),
+    ('--model', 'nonsense', 'unknown U-Net preset'),
+    ('--lr', '0.5', '--lr 0.5 contradicts the run'),
+    ('--batch', '8', '--batch 8 contradicts the run'),
+    ('--objective', 'eps', '--objective eps contradicts the run'),
+    ('--data', 'synthetic', None),                                         # the same as stored: accepted
+    ('--model', 'tiny', None),
+    ('--size', '16', None),
+])
+def test_resume_checks_every_option_against_the_run(copy_of, option, value, words):
+    before = tree(copy_of)
+    code, out, err = run('train', '--out', copy_of, '--resume', option, value, '--steps', '1')
+    if words is None:
+        assert code == 0, err
+        return
+    refused(code, err, words)
+    assert tree(copy_of) == before
+
+
+def test_the_printed_resume_hint_is_the_whole_command(tmp_path):
+    "Ctrl-C in training prints `face-diffusion train --out DIR --resume`: that alone continues the run."
+    d = tmp_path / 'run'
+    script = (f"import sys; from face_diffusion.cli import main; "
+              f"sys.exit(main(['train', '--model', 'tiny', '--size', '16', '--batch', '4', '--n-images', '16', "
+              f"'--steps', '100000', '--out', {str(d)!r}]))")
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    proc = subprocess.Popen([sys.executable, '-c', script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        import time
+        deadline = time.time() + 300
+        while not (d / 'log.jsonl').exists() or len((d / 'log.jsonl').read_text().splitlines()) < 2:
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.time() < deadline, 'training did not start'
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None: proc.kill()
+    assert proc.returncode == 130
+    hint = out.strip().splitlines()[-1]
+    assert hint == f'stopped; resume with: face-diffusion train --out {d} --resume', out
+    argv = hint.split('resume with: face-diffusion ')[1].split()
+    code, _, err = run(*argv, '--steps', '1')
+    assert code == 0, err
+
+
+# ---- 3. Damaged checkpoints ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('name', ['model.safetensors', 'ema.safetensors'])
+def test_truncated_weights_are_named(copy_of, name, tmp_path):
+    data = (copy_of / name).read_bytes()
+    os.unlink(copy_of / name)                                              # a hard link: cut a copy, not the checkpoint
+    (copy_of / name).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=f'{name} is damaged'):            # what `sample` reads (EMA) or the raw weights
+        load_run(copy_of, use_ema=name == 'ema.safetensors')
+    if name == 'ema.safetensors':
+        refused(*run('sample', '--run', copy_of, '--n', '2', '--out', tmp_path / 's.png')[::2], 'ema.safetensors is damaged')
+    code, _, err = run('train', '--out', copy_of, '--resume', '--steps', '1')   # resume reads the intact checkpoints
+    assert code == 0, err
+    assert load_run(copy_of).step == 5                                     # and the run's weights are whole again
+
+
+def test_damaged_state_falls_back_to_the_previous_checkpoint(copy_of):
+    (copy_of / 'checkpoints' / 'step_000004' / 'state.pt').write_bytes(os.urandom(500))
+    code, out, err = run('train', '--out', copy_of, '--resume', '--steps', '1')
+    assert code == 0, err
+    said = [l for l in err.splitlines() if l.startswith('face-diffusion:')]   # (the rest is the progress bar)
+    assert len(said) == 1 and said[0].startswith('face-diffusion: warning:') and 'step_000004/state.pt is damaged' in said[0]
+    assert 'falling back' in said[0]
+    assert 'weights_only=False' not in err                                  # never advise unsafe loading
+    assert [p.name for p in checkpoints(copy_of)][-1] == 'step_000003'     # went on from step 2
+
+
+def test_every_checkpoint_damaged_is_one_line(copy_of):
+    for ck in checkpoints(copy_of): (ck / 'state.pt').write_bytes(b'garbage')
+    code, _, err = run('train', '--out', copy_of, '--resume', '--steps', '1')
+    assert code == 2 and err.strip().splitlines()[-1].startswith('face-diffusion: error: every checkpoint')
+
+
+def test_orphan_temporaries_of_a_killed_save_are_removed(copy_of):
+    orphan = copy_of / 'checkpoints' / '.tmp_step_000006_99999'
+    orphan.mkdir(); (orphan / 'model.safetensors').write_bytes(b'half')
+    code, out, err = run('train', '--out', copy_of, '--resume', '--steps', '1')
+    assert code == 0, err
+    assert not orphan.exists() and 'interrupted save' in out
+
+
+# ---- 4. Config and weights disagree --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('change, words', [
+    (lambda c: c['unet'].update(base_channels=32), 'base_channels'),
+    (lambda c: c.update(image_size=32) or c['unet'].update(image_size=32), 'image_size'),
+    (lambda c: c.update(objective='eps'), 'objective'),
+    (lambda c: c['schedule'].update(kind='linear'), 'schedule.kind'),
+])
+def test_sampling_checks_that_config_and_weights_agree(copy_of, change, words, tmp_path):
+    cfg = json.loads((copy_of / 'config.json').read_text())
+    change(cfg)
+    (copy_of / 'config.json').write_text(json.dumps(cfg))
+    refused(*run('sample', '--run', copy_of, '--n', '2', '--out', tmp_path / 's.png')[::2], 'does not match', words)
+    assert not (tmp_path / 's.png').exists()
+
+
+def test_a_damaged_config_is_named(copy_of, tmp_path):
+    (copy_of / 'config.json').write_text('{"unet": ')
+    refused(*run('sample', '--run', copy_of, '--out', tmp_path / 's.png')[::2], 'config.json is damaged')
+
+
+# ---- 5. Tracebacks -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('device, words', [('quantum', "unknown device 'quantum'"),
+                                           ('cuda' if not torch.cuda.is_available() else 'cuda:99', 'device')])
+def test_devices_that_are_not_there(device, words, tmp_path):
+    refused(*run('train', *TINY, '--n-images', '8', '--steps', '1', '--device', device, '--out', tmp_path / 'r')[::2], words)
+    refused(*run('sample', '--device', device, '--out', tmp_path / 's.png')[::2], words)
+
+
+def test_out_of_memory_is_one_line_and_the_rerun_is_not_blocked(tmp_path):
+    d = tmp_path / 'r'
+    refused(*run('train', '--model', 'tiny', '--size', '16', '--n-images', '8', '--batch', '100000000', '--steps', '1',
+                 '--out', d)[::2], 'out of memory', '--batch')
+    code, _, err = run('train', *TINY, '--n-images', '8', '--steps', '1', '--out', d)   # no --overwrite needed
+    assert code == 0, err
+
+
+def test_ctrl_c_while_preparing_the_data_writes_nothing(tmp_path, monkeypatch):
+    import face_diffusion.runs as runs
+    def interrupted(self): raise KeyboardInterrupt
+    monkeypatch.setattr(runs.DataSource, 'load', interrupted)
+    code, out, err = run('train', *TINY, '--steps', '1', '--out', tmp_path / 'r')
+    assert code == 130 and err.strip() == 'face-diffusion: interrupted'
+    assert not (tmp_path / 'r').exists()
+
+
+# ---- 6. No lock ----------------------------------------------------------------------------------------------------
+
+def test_two_trainings_in_one_folder(copy_of):
+    other = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])   # stands for a live trainer
+    try:
+        (copy_of / 'train.lock').write_text(f'{socket.gethostname()} {other.pid}\n')
+        before = tree(copy_of)
+        refused(*run('train', '--out', copy_of, '--resume', '--steps', '1')[::2], f'process {other.pid}')
+        refused(*run('train', *TINY, '--n-images', '8', '--out', copy_of, '--overwrite', '--steps', '1')[::2], 'being trained')
+        assert tree(copy_of) == before
+    finally:
+        other.kill(); other.wait()
+    code, out, err = run('train', '--out', copy_of, '--resume', '--steps', '1')   # its process has ended: stale lock
+    assert code == 0, err
+    assert 'stale lock' in out and not (copy_of / 'train.lock').exists()
+
+
+def test_the_lock_is_held_while_training_and_released_after(tmp_path):
+    from face_diffusion.data import synthetic_faces
+    from face_diffusion.training import Trainer
+    from face_diffusion.unet import UNetConfig
+    seen = []
+    def sample_fn(model, n, gen):                                          # runs inside fit, at the sample grid
+        seen.append((tmp_path / 'r' / 'train.lock').read_text().split())
+        return torch.zeros(n, 3, 16, 16)
+    tc = TrainConfig(steps=2, batch_size=2, warmup_steps=0, log_every=1, sample_every=1, save_every=2)
+    Trainer(UNetConfig.preset('tiny', image_size=16), tc, synthetic_faces(4, 16)[0], tmp_path / 'r', device='cpu',
+            sample_fn=sample_fn, progress=False).fit()
+    assert seen and all(s == [socket.gethostname(), str(os.getpid())] for s in seen)
+    assert not (tmp_path / 'r' / 'train.lock').exists()
+
+
+# ---- 7. Face folders -----------------------------------------------------------------------------------------------
+
+def test_photo_folder_with_a_broken_link_and_a_corrupt_file_trains(tmp_path):
+    data = photos(tmp_path / 'photos')
+    (data / 'broken.jpg').write_bytes(b'not a jpeg')
+    (data / 'gone.jpg').symlink_to(tmp_path / 'nowhere.jpg')
+    code, out, err = run('train', *TINY, '--data', data, '--steps', '1', '--out', tmp_path / 'r')
+    assert code == 0, err
+    assert 'broken.jpg' in err and 'gone.jpg' in err
+    assert json.loads((tmp_path / 'r' / 'config.json').read_text())['data']['count'] == 6
+
+
+def test_missing_or_empty_photo_folder(tmp_path):
+    refused(*run('train', *TINY, '--data', tmp_path / 'nope', '--out', tmp_path / 'r')[::2], 'nope')
+    (tmp_path / 'empty').mkdir()
+    refused(*run('train', *TINY, '--data', tmp_path / 'empty', '--out', tmp_path / 'r')[::2], 'empty')
+    assert not (tmp_path / 'r').exists()
+
+
+# ---- 8. The API accepts nonsense -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('setting', [dict(min_snr_gamma=-5), dict(grad_clip=-1), dict(lr=float('inf')),
+                                     dict(ema_decay=1.0), dict(huber_delta=0), dict(schedule='wobbly')])
+def test_train_config_refuses_settings_that_train_backwards(setting):
+    with pytest.raises(ValueError) as e: TrainConfig(**setting)
+    assert '\n' not in str(e.value) and next(iter(setting)) in str(e.value)
+
+
+def test_gif_naming_a_folder_fails_before_sampling(tmp_path):
+    (tmp_path / 'anim.gif').mkdir()
+    refused(*run('sample', '--n', '2', '--gif', tmp_path / 'anim.gif', '--out', tmp_path / 's.png')[::2], 'is a folder')
+    assert not (tmp_path / 's.png').exists()
+
+
+def test_sampling_a_model_that_outputs_nan_warns(copy_of, tmp_path):
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+    path = copy_of / 'ema.safetensors'
+    with safe_open(path, 'pt') as f: meta = f.metadata()
+    w = load_file(path)
+    os.unlink(path)
+    save_file({k: torch.full_like(v, float('nan')) for k, v in w.items()}, path, metadata=meta)
+    code, out, err = run('sample', '--run', copy_of, '--n', '2', '--steps', '2', '--out', tmp_path / 's.png')
+    said = [l for l in err.splitlines() if l.startswith('face-diffusion:')]
+    assert any('warning' in l and 'NaN' in l for l in said), err
+    assert 'weights may be damaged' in err
