@@ -26,7 +26,7 @@ def text(cell): return "".join(cell["source"])
 
 def install_line(path):
     cell = next(c for c in cells(path) if colab.INSTALL_MARK in text(c))
-    return next(l for l in text(cell).splitlines() if "pip" in l)
+    return next(l for l in text(cell).splitlines() if "pip" in l and "@v" in l)
 
 def test_install_cell_pins_the_release_tag(project):
     assert run(project)[0] == 0                                    # the cells as the tool writes them now

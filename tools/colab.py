@@ -46,7 +46,10 @@ def install_cell(url, version):
              "import sys\n",
              "if 'google.colab' in sys.modules:\n",
              "    import subprocess\n",
-             f"    subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', 'git+{url}@{tag}'], check=True)"]
+             f"    release = [sys.executable, '-m', 'pip', 'install', '-q', 'git+{url}@{tag}']\n",
+             "    if subprocess.run(release).returncode:                      # that release is not on GitHub yet\n",
+             f"        print('release {tag} not found: installing main, which may be newer than this notebook')\n",
+             f"        subprocess.run(release[:-1] + ['git+{url}'], check=True)"]
     return {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": lines}
 
 # ](assets/x.png), ](../assets/x.png), src="assets/x.png": an image path relative to the repository root or to nbs/.
