@@ -6,7 +6,7 @@ Docs: https://face-diffusion.github.io/face_diffusion/forward.html.md"""
 
 # %% auto #0
 __all__ = ['SCHEDULES', 'OBJECTIVES', 'PREDICTION_TYPES', 'linear_betas', 'cosine_betas', 'quadratic_betas', 'sigmoid_betas',
-           'NoiseSchedule', 'extract', 'q_step', 'q_sample', 'check_closed_form', 'q_posterior',
+           'NoiseSchedule', 'extract', 'q_step', 'q_sample', 'check_closed_form', 'q_posterior', 'check_posterior',
            'predict_start_from_noise', 'predict_noise_from_start', 'velocity', 'predict_start_from_v',
            'predict_noise_from_v', 'model_target', 'split_prediction', 'ddim_weights', 'ddim_update', 'Degradation',
            'GaussianNoise', 'scheduler_config']
@@ -166,6 +166,36 @@ def q_posterior(schedule, x0, x_t, t):
     var = extract(schedule.posterior_variance, t, x_t.shape)                       # β̃_t
     log_var = extract(schedule.posterior_log_variance_clipped, t, x_t.shape)
     return mean, var, log_var
+
+# %% ../nbs/01_forward.ipynb #caf6ef1d
+def check_posterior(schedule: NoiseSchedule, ts, n: int = 20_000, posterior=None, generator=None, z_max: float = 5.0) -> dict:
+    """Does `posterior(schedule, x0, x_t, t)` (default `q_posterior`: mean and variance first) match the joint law of
+    (x_0, x_{t−1}, x_t)? Draws x_0 uniform in [−1, 1], x_{t−1} ~ q(x_{t−1} | x_0), x_t ~ q(x_t | x_{t−1}); fits
+    x_{t−1} ≈ c_0 + c_1 x_0 + c_2 x_t by least squares and compares the coefficients with the posterior mean's own,
+    and the mean squared residual around the posterior mean with its variance, in standard errors. t ≥ 1 (index 0 has
+    no x_{t−1} to draw). Returns {'ok', 'worst_z', 'rows': [(t, fitted (c_0, c_1, c_2), claimed, z of each, z of the variance)]}."""
+    posterior = posterior or q_posterior
+    rows = []
+    for t in sorted(int(t) for t in ts):
+        if not 1 <= t < schedule.T: raise ValueError(f"check_posterior needs timesteps 1 … {schedule.T - 1}, got {t}")
+        x0 = torch.rand(n, generator=generator, dtype=torch.float64) * 2 - 1           # x_0 spread over [−1, 1]
+        x_prev = q_sample(schedule, x0, t - 1, generator=generator)                    # x_{t−1} = √ᾱ_{t−1} x_0 + √(1−ᾱ_{t−1}) ε
+        x_t = q_step(schedule, x_prev, t, generator=generator)                         # x_t = √α_t x_{t−1} + √β_t ε'
+        mean, var = posterior(schedule, x0, x_t, t)[:2]
+        mean, var = mean.double().reshape(-1).expand(n), var.double().reshape(-1).expand(n)
+        X = torch.stack([torch.ones_like(x0), x0, x_t], 1)                             # rows (1, x_0, x_t)
+        XtX_inv = torch.linalg.inv(X.T @ X)
+        fit = XtX_inv @ (X.T @ x_prev)                                                 # ĉ = (XᵀX)⁻¹ Xᵀ y
+        claim = XtX_inv @ (X.T @ mean)                                                 # the posterior mean's coefficients
+        s2 = (x_prev - X @ fit).pow(2).sum() / (n - 3)                                 # σ̂² = ‖y − Xĉ‖²/(n − 3)
+        se = (s2 * XtX_inv.diagonal()).sqrt()                                          # SE(ĉ_j) = √(σ̂² [(XᵀX)⁻¹]_jj)
+        z_coef = ((fit - claim).abs() / se).tolist()
+        v = var.mean()
+        msr = (x_prev - mean).pow(2).mean()                                            # (1/n) Σ (x_{t−1} − μ̃)²
+        z_var = ((msr - v).abs() / (v * math.sqrt(2 / n))).item() if v > 0 else math.inf   # SE = β̃ √(2/n)
+        rows.append((t, fit.tolist(), claim.tolist(), z_coef, z_var))
+    worst = max(max(max(r[3]), r[4]) for r in rows)
+    return {'ok': worst < z_max, 'worst_z': worst, 'rows': rows}
 
 # %% ../nbs/01_forward.ipynb #9caec97f
 def predict_start_from_noise(schedule, x_t, t, eps):

@@ -1,12 +1,14 @@
 """The forward process: schedules against the papers' formulas (evaluated here in plain Python), the closed form
-q(x_t | x_0) against the step-by-step chain (by sampling, within computed sampling error, and failing for a
-wrong ᾱ), the posterior, the ε / x_0 / v conversions, the DDIM update, the Gaussian degradation, the diffusers config,
-and one-line errors for bad input."""
+q(x_t | x_0) against the step-by-step chain (by sampling, within computed sampling error, and exactly through the chain's
+recursion; both failing for a wrong ᾱ), the map between variance preserving and variance exploding, the posterior
+(exactly by Bayes' rule, by its marginal, and against the joint law of (x_0, x_{t−1}, x_t), each failing for wrong
+posteriors), the ε / x_0 / v conversions, the DDIM update, the Gaussian degradation, the diffusers config, where chapters
+save README figures, and one-line errors for bad input."""
 import math
 import numpy as np
 import pytest
 import torch
-from face_diffusion.forward import (NoiseSchedule, OBJECTIVES, SCHEDULES, check_closed_form, cosine_betas, extract,
+from face_diffusion.forward import (NoiseSchedule, OBJECTIVES, SCHEDULES, check_closed_form, check_posterior, cosine_betas, extract,
                                     linear_betas, model_target, q_posterior, q_sample, q_step, split_prediction, velocity,
                                     ddim_update, ddim_weights, Degradation, GaussianNoise, scheduler_config, PREDICTION_TYPES)
 
@@ -136,6 +138,126 @@ def test_q_sample_batch_timesteps_and_generator():
     assert extract(s.betas, t, x0.shape).shape == (4, 1, 1, 1) and extract(s.betas, 5, x0.shape).shape == (1, 1, 1, 1)
 
 
+# --- the closed form's coefficients against the chain's recursion, exactly ----------------------------------------
+
+def chain_gap(s):
+    "Largest gap between √ᾱ_t, 1 − ᾱ_t and the signal factor a_t = √α_t a_{t−1} and noise variance n_t = α_t n_{t−1} + β_t."
+    a, b = s.alphas.double().tolist(), s.betas.double().tolist()
+    signal, noise, worst = 1.0, 0.0, 0.0
+    for t in range(s.T):
+        signal, noise = math.sqrt(a[t]) * signal, a[t] * noise + b[t]
+        worst = max(worst, abs(signal - s.sqrt_alphas_cumprod[t].item()), abs(noise - s.sqrt_one_minus_alphas_cumprod[t].item() ** 2))
+    return worst
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_closed_form_coefficients_follow_the_chain(kind):
+    for T in [50, 1000]:
+        assert chain_gap(NoiseSchedule(kind, T)) < 1e-5
+
+
+@pytest.mark.parametrize('wrong', ['off_by_one', 'alpha_not_alpha_bar', 'typo_power'])
+def test_wrong_alpha_bar_breaks_the_chain_recursion(wrong):
+    s = NoiseSchedule('linear', 1000)
+    ab = {'off_by_one': s.alphas_cumprod_prev, 'alpha_not_alpha_bar': s.alphas,
+          'typo_power': s.alphas ** torch.arange(1, 1001)}[wrong]
+    bad = with_alphas_cumprod(s, ab)
+    # the old check, (√ᾱ)² + (√(1−ᾱ))² = 1, holds for any ᾱ in [0, 1]: it passes every wrong schedule ...
+    assert torch.allclose(bad.sqrt_alphas_cumprod ** 2 + bad.sqrt_one_minus_alphas_cumprod ** 2, torch.ones(1000))
+    assert chain_gap(bad) > 1e-4                                       # ... the recursion does not
+
+
+def test_variance_preserving_is_variance_exploding_rescaled():
+    s, g, n = NoiseSchedule('cosine', 1000), torch.Generator().manual_seed(14), 20_000
+    x0, eps = torch.randn(2, n, generator=g, dtype=torch.float64)     # unit-variance data, one ε for both forms
+    for t in [0, 10, 500, 990]:
+        ab = s.f64.alphas_cumprod[t].item()
+        sigma = math.sqrt((1 - ab) / ab)                               # σ_t = √((1−ᾱ_t)/ᾱ_t)
+        vp, ve = q_sample(s, x0, t, noise=eps), x0 + sigma * eps       # VP and VE
+        torch.testing.assert_close(vp, ve / math.sqrt(1 + sigma ** 2), rtol=0, atol=1e-6)   # x_t = y/√(1+σ²)
+        assert t == 0 or not torch.allclose(vp, (x0 + math.sqrt(1 - ab) * eps) / math.sqrt(2 - ab), atol=1e-6)  # σ = √(1−ᾱ): wrong
+        assert math.isclose(sigma, s.f64.sqrt_recipm1_alphas_cumprod[t].item(), rel_tol=1e-12)
+        assert abs(vp.var().item() - 1) < 5 * math.sqrt(2 / n)        # VP keeps unit variance
+        assert abs(ve.var().item() / (1 + sigma ** 2) - 1) < 5 * math.sqrt(2 / n)   # VE: 1 + σ²
+
+
+# --- the posterior ----------------------------------------------------------------------------------------------------
+
+def ignores_x_t(s, x0, x_t, t):
+    "Wrong: q(x_{t−1} | x_0), which forgets x_t (it has exactly the right marginal)."
+    ab_prev = extract(s.alphas_cumprod_prev, t, x_t.shape)
+    return ab_prev.sqrt() * x0 + 0 * x_t, (1 - ab_prev).expand_as(x_t), None
+
+def swapped(s, x0, x_t, t):
+    "Wrong: c_1 and c_2 exchanged."
+    return q_posterior(s, x_t, x0, t)
+
+def variance_beta(s, x0, x_t, t):
+    "Wrong: the right mean with the forward step's variance β_t."
+    return q_posterior(s, x0, x_t, t)[0], extract(s.betas, t, x_t.shape), None
+
+WRONG_POSTERIORS = {'ignores_x_t': ignores_x_t, 'swapped': swapped, 'variance_beta': variance_beta}
+POST_TS = [1, 10, 300, 999]
+
+
+def log_normal(x, mean, var): return -0.5 * (torch.log(2 * math.pi * var) + (x - mean) ** 2 / var)
+
+
+def bayes_gap(s, posterior):
+    "max |log q(x_t|x_{t−1}) + log q(x_{t−1}|x_0) − log posterior(x_{t−1}) − log q(x_t|x_0)| over x_{t−1}, several t."
+    f, worst = s.f64, 0.0
+    for t in POST_TS:
+        for x0v, xtv in [(0.7, -0.4), (-1.0, 1.5)]:
+            x0, xt = torch.tensor([x0v], dtype=torch.float64), torch.tensor([xtv], dtype=torch.float64)
+            mean, var = (v.double() for v in posterior(s, x0, xt, t)[:2])
+            xs = mean + var.sqrt() * torch.linspace(-4, 4, 41, dtype=torch.float64)
+            lhs = log_normal(xt, f.alphas[t].sqrt() * xs, f.betas[t]) + log_normal(xs, f.alphas_cumprod_prev[t].sqrt() * x0, 1 - f.alphas_cumprod_prev[t])
+            rhs = log_normal(xs, mean, var) + log_normal(xt, f.alphas_cumprod[t].sqrt() * x0, 1 - f.alphas_cumprod[t])
+            worst = max(worst, (lhs - rhs).abs().max().item())
+    return worst
+
+
+def marginal_worst_z(s, posterior, n=50_000, x0v=-0.6, seed=4):
+    "Draw x_t ~ q(x_t|x_0), x_{t−1} from the posterior; worst z of its mean and variance against q(x_{t−1}|x_0)."
+    g, worst = torch.Generator().manual_seed(seed), 0.0
+    for t in POST_TS:
+        x0 = torch.full((n,), x0v, dtype=torch.float64)
+        x_t = q_sample(s, x0, t, generator=g)
+        mean, var = posterior(s, x0, x_t, t)[:2]
+        x_prev = mean + var.sqrt() * torch.randn(n, generator=g, dtype=torch.float64)
+        ab = s.alphas_cumprod[t - 1].item()                            # x_{t−1} ~ N(√ᾱ_{t−1} x_0, 1 − ᾱ_{t−1})
+        worst = max(worst, abs(x_prev.mean().item() - math.sqrt(ab) * x0v) / math.sqrt((1 - ab) / n),
+                    abs(x_prev.var().item() - (1 - ab)) / ((1 - ab) * math.sqrt(2 / (n - 1))))
+    return worst
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_posterior_satisfies_bayes_rule_exactly(kind):
+    assert bayes_gap(NoiseSchedule(kind, 1000), q_posterior) < 1e-3
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_posterior_reproduces_the_joint_law(kind):
+    report = check_posterior(NoiseSchedule(kind, 1000), POST_TS, n=20_000, generator=torch.Generator().manual_seed(15))
+    assert report['ok'], report['rows']
+    s = NoiseSchedule(kind, 1000)                                      # index 0: the step back to x_0 is certain
+    mean, var, _ = q_posterior(s, torch.tensor([0.3]), torch.tensor([2.0]), 0)
+    assert math.isclose(mean.item(), 0.3, rel_tol=1e-6) and var.item() == 0
+
+
+@pytest.mark.parametrize('wrong', list(WRONG_POSTERIORS))
+def test_wrong_posteriors_are_caught(wrong):
+    s, post = NoiseSchedule('linear', 1000), WRONG_POSTERIORS[wrong]
+    assert bayes_gap(s, post) > 1e-2
+    assert not check_posterior(s, POST_TS, n=20_000, posterior=post, generator=torch.Generator().manual_seed(15))['ok']
+    if wrong == 'ignores_x_t':                                         # why the joint test exists: the marginal one passes it
+        assert marginal_worst_z(s, post) < 5
+
+
+def test_check_posterior_rejects_index_zero():
+    with pytest.raises(ValueError, match='1 … 99'): check_posterior(NoiseSchedule('linear', 100), [0], n=10)
+
+
 def test_posterior_step_has_the_right_marginal():
     s, n, g = NoiseSchedule('linear', 1000), 50_000, torch.Generator().manual_seed(4)
     for t in [1, 50, 400, 999]:
@@ -249,3 +371,23 @@ def test_scheduler_config_describes_the_schedule(kind, objective):
     assert (cfg['trained_betas'] is None) == (kind in ('linear', 'quadratic'))
     assert scheduler_config(NoiseSchedule('linear', 10), objective)['trained_betas'] is not None     # clamped βs: the list
     assert not scheduler_config(s, objective, clip_x0=False)['clip_sample']
+
+
+# --- where chapters save README figures ---------------------------------------------------------------------------------
+
+def test_assets_dir_inside_and_outside_the_repository(tmp_path, monkeypatch):
+    from face_diffusion.widgets import assets_dir, repo_root
+    clone, other, plain = tmp_path / 'clone', tmp_path / 'other', tmp_path / 'content'
+    for folder, name in [(clone, 'face-diffusion'), (other, 'someone-else')]:
+        (folder / 'nbs').mkdir(parents=True)
+        (folder / 'pyproject.toml').write_text(f'[project]\nname = "{name}"\n')
+    plain.mkdir()
+    monkeypatch.chdir(clone / 'nbs')                                   # a chapter runs from nbs/
+    assert repo_root() == clone.resolve() and assets_dir() == clone.resolve() / 'assets'
+    assert assets_dir(in_repo=False) != clone.resolve() / 'assets'     # tests leave the repository's figures alone
+    for where in [other / 'nbs', plain]:                               # another project, or Colab's /content
+        monkeypatch.chdir(where)
+        assert repo_root() is None
+        d = assets_dir()
+        assert d.is_dir() and tmp_path.resolve() not in d.resolve().parents
+        (d / 'forward_process.png').write_bytes(b'png')               # saving never fails
