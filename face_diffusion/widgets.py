@@ -136,6 +136,7 @@ def frame_slider(frames, labels=None, panels=None, values=None, histogram=False,
     controls = W.HBox(([dropdown] if dropdown is not None else []) + [slider])
     box = W.VBox([pictures, controls, readout])
     box.slider, box.dropdown, box.images, box.histogram, box.readout, box.show = slider, dropdown, images, hist_image, readout, show
+    box.frame_png = lambda value, panel=0, choice=None: _png(rgb[choice][values.index(value), panel], scale)   # what value must show
     return box
 
 # %% ../nbs/01a_widgets.ipynb #1c221fe3

@@ -1,7 +1,8 @@
-"""The timestep slider of chapter 01, tested in a real browser: JupyterLab on 127.0.0.1, driven by Debian's
-Chromium through playwright. The test opens a copy of nbs/01_forward.ipynb, runs every cell (IN_TEST=1, so
-it is quick), moves the slider with the keyboard, and checks that the picture and the readout changed.
-Screenshots before and after are saved in pytest's temporary folder (printed at the end)."""
+"""The course's sliders, tested in a real browser: JupyterLab on 127.0.0.1, driven by Debian's Chromium through
+playwright. Each test opens a notebook (a copy of chapter 01, or a small one built here around chapter 05's reverse
+slider), runs every cell (IN_TEST=1, so it is quick), moves the slider with the keyboard, and checks what a person
+sees: a picture of a real size, visible, whose bytes are exactly the frame the kernel computes for the value the
+slider shows, and a readout that names that value. Screenshots are saved in pytest's temporary folder."""
 import hashlib, json, os, re, secrets, shutil, signal, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 import pytest
@@ -34,10 +35,10 @@ def wait_until(check, timeout, what):
     raise AssertionError(f'timed out after {timeout} s waiting for {what}')
 
 
-def start_lab(tmp: Path):
+def start_lab(tmp: Path, notebook: Path):
     "JupyterLab serving a folder with a copy of the notebook, with private settings and runtime folders."
     root, cfg = tmp / 'root', tmp / 'jupyter'
-    root.mkdir(); shutil.copy2(NOTEBOOK, root / NOTEBOOK.name)       # the user's notebook is never touched
+    root.mkdir(); shutil.copy2(notebook, root / notebook.name)       # the user's notebook is never touched
     settings = cfg / 'lab-settings' / '@jupyterlab' / 'apputils-extension'
     settings.mkdir(parents=True)                                       # no news, no update checks: offline and quiet
     (settings / 'notification.jupyterlab-settings').write_text(json.dumps({'fetchNews': 'false', 'checkForUpdates': False}))
@@ -95,7 +96,7 @@ RUN_STATE = """() => {
 SETTLED = """(old) => {
     const readout = document.querySelector('.fd-readout').innerText;
     const value = document.querySelector('.fd-timestep-slider .widget-readout').innerText.trim();
-    return readout !== old && readout.startsWith('t = ' + value + ' ');
+    return readout !== old && new RegExp('(^|[^0-9])' + value + '($|[^0-9])').test(readout);
 }"""
 
 
@@ -109,13 +110,57 @@ def shown_state(page):
     return readout, src, hashlib.sha256(bytes(data)).hexdigest()
 
 
-def test_timestep_slider_in_jupyterlab(tmp_path):
+SHOWN = """(slider) => {
+    // The frame_slider box around this slider: its picture, the slider's own value and the box's readout.
+    let box = document.querySelector(slider);
+    while (box && !(box.querySelector('img.fd-frame-image') && box.querySelector('.fd-readout'))) box = box.parentElement;
+    const img = box.querySelector('img.fd-frame-image'), r = img.getBoundingClientRect(), st = getComputedStyle(img);
+    return {value: box.querySelector('.widget-readout').innerText.trim(), readout: box.querySelector('.fd-readout').innerText,
+            src: img.src, natural: [img.naturalWidth, img.naturalHeight], box: [r.width, r.height],
+            visible: st.visibility !== 'hidden' && st.display !== 'none' && parseFloat(st.opacity) > 0.5};
+}"""
+
+KERNEL = """async (code) => {
+    const kernel = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
+    let out = '';
+    const future = kernel.requestExecute({code, silent: false, store_history: false});
+    future.onIOPub = (msg) => { if (msg.header.msg_type === 'stream') out += msg.content.text; };
+    await future.done;
+    return out.trim();
+}"""
+
+
+def picture_hash(page, src):
+    "SHA-256 of the bytes the browser shows (fetched from the image's own src)."
+    data = page.evaluate("""async (src) => Array.from(new Uint8Array(await (await fetch(src)).arrayBuffer()))""", src)
+    return hashlib.sha256(bytes(data)).hexdigest()
+
+
+def seen(page, box_name, slider):
+    "What the browser shows, and the hash of the frame the kernel says belongs to the value the slider shows."
+    shown = page.evaluate(SHOWN, slider)
+    value = shown['value']
+    want = page.evaluate(KERNEL, f"import hashlib; b = {box_name}; print(hashlib.sha256(b.frame_png({value}, 0, "
+                                 f"b.dropdown.value if b.dropdown is not None else None)).hexdigest())")
+    return shown, picture_hash(page, shown['src']), want
+
+
+def check_frame(shown, got, want):
+    "A picture of a real size, visible, exactly the kernel's frame for the shown value; a readout naming that value."
+    assert shown['natural'][0] >= 32 and shown['natural'][1] >= 32, f"picture too small: {shown['natural']} px"
+    assert shown['box'][0] >= 32 and shown['box'][1] >= 32 and shown['visible'], f"picture not visible: {shown}"
+    assert re.fullmatch(r'[0-9a-f]{64}', want), f'the kernel did not answer: {want!r}'
+    assert got == want, f"the picture is not the frame for value {shown['value']}"
+    assert re.search(rf"(?<![0-9]){re.escape(shown['value'])}(?![0-9])", shown['readout']), shown
+
+
+def drive(tmp_path, notebook, box_name, keys, slider=SLIDER):
+    "Open `notebook` in JupyterLab, run it, check the frame, press `keys` on the slider, check again."
     need_chromium()
     from playwright.sync_api import sync_playwright
-    started = time.monotonic()
-    phases = {}
+    started, phases = time.monotonic(), {}
     mark = lambda name: phases.setdefault(name, round(time.monotonic() - started, 1))
-    proc, url, token, log = start_lab(tmp_path)
+    proc, url, token, log = start_lab(tmp_path, notebook)
     try:
         wait_until(lambda: server_up(url, token) or proc.poll() is not None, 40, 'JupyterLab to start')
         mark('server up')
@@ -124,7 +169,7 @@ def test_timestep_slider_in_jupyterlab(tmp_path):
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
             try:
                 page = browser.new_page(viewport={'width': 1280, 'height': 900})
-                page.goto(f'{url}/lab/tree/{NOTEBOOK.name}?token={token}')
+                page.goto(f'{url}/lab/tree/{notebook.name}?token={token}')
                 page.wait_for_selector('.jp-NotebookPanel .jp-Cell', timeout=60_000)
                 dialog = page.locator('.jp-Dialog .jp-mod-accept')         # a kernel chooser, if one is asked
                 if dialog.count(): dialog.first.click()
@@ -134,27 +179,55 @@ def test_timestep_slider_in_jupyterlab(tmp_path):
                     timeout=60_000)                                   # the notebook has a kernel
                 mark('notebook open, kernel started')
                 page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
-                wait_until(lambda: page.evaluate(RUN_STATE) != "running", 150, 'the notebook to run')
+                wait_until(lambda: page.evaluate(RUN_STATE) != "running", 240, 'the notebook to run')
                 state = page.evaluate(RUN_STATE)
                 mark('all cells run')
                 assert state == 'done', f'the notebook failed in the browser: {state[-1500:]}'
-                slider = page.wait_for_selector(f'{SLIDER} .noUi-handle', timeout=20_000)
-                page.locator(SLIDER).scroll_into_view_if_needed()
-                before = shown_state(page)
+                handle = page.wait_for_selector(f'{slider} .noUi-handle', timeout=20_000)
+                page.locator(slider).scroll_into_view_if_needed()
+                before = seen(page, box_name, slider)
                 page.screenshot(path=str(tmp_path / 'slider_before.png'))
-                slider.click()                                        # focus the handle, then move it
-                for key in ['PageUp', 'PageUp', 'ArrowRight', 'ArrowRight']: page.keyboard.press(key)
-                page.wait_for_function(SETTLED, arg=before[0], timeout=10_000)   # moved, and the readout caught up
-                after = shown_state(page)
+                handle.click()                                        # focus the handle, then move it
+                for key in keys: page.keyboard.press(key)
+                page.wait_for_function(SETTLED, arg=before[0]['readout'], timeout=10_000)   # moved, and the readout caught up
+                after = seen(page, box_name, slider)
                 page.screenshot(path=str(tmp_path / 'slider_after.png'))
                 mark('slider moved')
             finally:
                 browser.close()
     finally:
         stop(proc, tmp_path / 'jupyter' / 'runtime'); log.close()
-    assert after[0] != before[0], 'the readout did not change'
-    assert after[1] != before[1] and after[2] != before[2], 'the picture did not change'
-    t_before, t_after = (int(re.search(r't = (\d+)', s[0]).group(1)) for s in (before, after))
-    assert t_before == 0 and t_after > 0, (before[0], after[0])
+    for shown, got, want in (before, after): check_frame(shown, got, want)
+    assert after[0]['value'] != before[0]['value'] and after[1] != before[1], 'the slider did not move the picture'
     print(f'\nbrowser test: {time.monotonic() - started:.1f} s {phases}; screenshots in {tmp_path}; '
-          f'readout {before[0]!r} -> {after[0]!r}')
+          f"{before[0]['readout']!r} -> {after[0]['readout']!r}")
+    return before, after
+
+
+def test_timestep_slider_of_chapter_01(tmp_path):
+    before, after = drive(tmp_path, NOTEBOOK, 'slider_box', ['PageUp', 'PageUp', 'ArrowRight', 'ArrowRight'])
+    assert before[0]['readout'].startswith('t = 0 ') and int(after[0]['value']) > 0
+
+
+REVERSE_NOTEBOOK = [   # chapter 05's reverse slider on a trajectory of the exact Gaussian denoiser: seconds, no training
+    "import torch\n"
+    "from face_diffusion.forward import NoiseSchedule\n"
+    "from face_diffusion.sampling import DDPMSampler, GaussianOracle, TrajectoryRecorder, reverse_slider, sample",
+    "schedule = NoiseSchedule('cosine', 40)\n"
+    "record = TrajectoryRecorder()\n"
+    "x = sample(GaussianOracle(schedule, 'eps', mean=0.2, std=0.4), DDPMSampler(schedule, 'eps'), 4, 16,\n"
+    "           generator=torch.Generator().manual_seed(0), callback=record)\n"
+    "box = reverse_slider(record.trajectory(x), nrow=2)\n"
+    "box",
+]
+
+
+def test_reverse_slider_of_chapter_05(tmp_path):
+    nb = {'cells': [{'cell_type': 'code', 'execution_count': None, 'id': f'c{i}', 'metadata': {}, 'outputs': [], 'source': s}
+                    for i, s in enumerate(REVERSE_NOTEBOOK)],
+          'metadata': {'kernelspec': {'display_name': 'python3', 'language': 'python', 'name': 'python3'}},
+          'nbformat': 4, 'nbformat_minor': 5}
+    path = tmp_path / 'reverse.ipynb'
+    path.write_text(json.dumps(nb))
+    (tmp_path / 'lab').mkdir()
+    drive(tmp_path / 'lab', path, 'box', ['ArrowRight', 'ArrowRight', 'ArrowRight'])
