@@ -6,10 +6,10 @@ Docs: https://face-diffusion.github.io/face_diffusion/forward.html.md"""
 
 # %% auto #0
 __all__ = ['SCHEDULES', 'OBJECTIVES', 'PREDICTION_TYPES', 'linear_betas', 'cosine_betas', 'quadratic_betas', 'sigmoid_betas',
-           'NoiseSchedule', 'extract', 'q_step', 'q_sample', 'check_closed_form', 'q_posterior', 'check_posterior',
-           'predict_start_from_noise', 'predict_noise_from_start', 'velocity', 'predict_start_from_v',
-           'predict_noise_from_v', 'model_target', 'split_prediction', 'ddim_weights', 'ddim_update', 'Degradation',
-           'GaussianNoise', 'scheduler_config']
+           'check_choice', 'NoiseSchedule', 'extract', 'q_step', 'q_sample', 'check_closed_form', 'q_posterior',
+           'check_posterior', 'predict_start_from_noise', 'predict_noise_from_start', 'velocity',
+           'predict_start_from_v', 'predict_noise_from_v', 'model_target', 'split_prediction', 'ddim_weights',
+           'ddim_update', 'Degradation', 'GaussianNoise', 'scheduler_config']
 
 # %% ../nbs/01_forward.ipynb #2dd5fd2a
 import math
@@ -48,6 +48,11 @@ def sigmoid_betas(T: int, start: float = -3.0, end: float = 3.0, tau: float = 1.
     return betas.clamp(min=0, max=max_beta)
 
 # %% ../nbs/01_forward.ipynb #a7fb1523
+def check_choice(value, choices, what: str):
+    "`value` if it is one of `choices`, else a one-line ValueError: unknown <what> …; use one of …."
+    if value not in choices: raise ValueError(f"unknown {what} {value!r}; use one of {', '.join(map(str, choices))}")
+    return value
+
 SCHEDULES = {'linear': linear_betas, 'cosine': cosine_betas, 'quadratic': quadratic_betas, 'sigmoid': sigmoid_betas}
 
 class NoiseSchedule:
@@ -59,8 +64,7 @@ class NoiseSchedule:
              'posterior_mean_coef2', 'snr', 'log_snr')
 
     def __init__(self, kind: str = 'linear', T: int = 1000):
-        if kind not in SCHEDULES:
-            raise ValueError(f"unknown schedule {kind!r}; use one of {', '.join(SCHEDULES)}")
+        check_choice(kind, SCHEDULES, 'schedule')
         if isinstance(T, bool) or not isinstance(T, int) or T < 2:
             raise ValueError(f"T = {T!r} steps is not possible; use a whole number of steps ≥ 2, such as 1000")
         self.kind, self.T = kind, T
@@ -226,9 +230,7 @@ def predict_noise_from_v(schedule, x_t, t, v):
 # %% ../nbs/01_forward.ipynb #1a0f1cac
 OBJECTIVES = ('eps', 'x0', 'v')
 
-def _check_objective(objective):
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
+def _check_objective(objective): check_choice(objective, OBJECTIVES, 'objective')
 
 def model_target(schedule, objective, x0, eps, t):
     "What the network learns to output for x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε: ε, x_0 or v."

@@ -23,7 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file, load_file
 
 from .data import FaceFolder, synthetic_faces
-from .forward import NoiseSchedule
+from .forward import NoiseSchedule, check_choice
 from .unet import UNetConfig, build_unet
 
 # %% ../nbs/04a_runs.ipynb #8c1c98a7
@@ -86,8 +86,8 @@ class DataSource:
 
     def __post_init__(self):
         if self.kind not in ('synthetic', 'folder', 'tensor'):
-            raise ValueError(f"unknown data kind {self.kind!r}; use 'synthetic', 'folder' or 'tensor'")
-        if self.crop not in CROPS: raise ValueError(f"unknown crop {self.crop!r}; use one of {', '.join(CROPS)}")
+            raise ValueError(f"unknown data kind {self.kind!r}; use one of synthetic, folder, tensor")
+        check_choice(self.crop, CROPS, 'crop')
         if self.kind == 'folder':
             if not self.path: raise ValueError("a folder data source needs the folder's path")
             self.path = str(Path(self.path).expanduser().resolve())

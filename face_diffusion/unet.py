@@ -17,6 +17,7 @@ from functools import partial
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from .forward import check_choice
 from .embeddings import TimestepEmbedding
 
 # %% ../nbs/03_unet.ipynb #50a3f51d
@@ -84,7 +85,7 @@ class UNetConfig:
 
     def validate(self):
         "Raise a one-line ValueError naming the first bad field."
-        if self.kind not in KINDS: raise ValueError(f"unknown U-Net kind {self.kind!r}; use one of {', '.join(KINDS)}")
+        check_choice(self.kind, KINDS, 'U-Net kind')
         for name in ('image_size', 'in_channels', 'base_channels', 'num_res_blocks', 'head_channels', 'groups'):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1: raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -128,7 +129,7 @@ class UNetConfig:
     @classmethod
     def preset(cls, name: str, **overrides) -> 'UNetConfig':
         "A named configuration ('tiny', 'cpu32', 'faces64'), optionally with some fields changed."
-        if name not in PRESETS: raise ValueError(f"unknown U-Net preset {name!r}; use one of {', '.join(PRESETS)}")
+        check_choice(name, PRESETS, 'U-Net preset')
         return cls.from_dict({**PRESETS[name], **overrides})
 
 # %% ../nbs/03_unet.ipynb #9579184c
