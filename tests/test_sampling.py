@@ -8,10 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from face_diffusion.forward import NoiseSchedule, OBJECTIVES
+from face_diffusion.forward import NoiseSchedule, OBJECTIVES, extract
 from face_diffusion.sampling import (DDPMSampler, DDIMSampler, DPMSolverSampler, GaussianOracle, DatasetOracle, StepOutput, Trajectory,
                                      Sampler, TrajectoryRecorder, sample, sample_run, make_sampler, ddim_timesteps, frame_indices,
-                                     slerp, save_denoising_gif, trajectory_frames, reverse_slider, first_faces, GIF_FACES)
+                                     slerp, save_denoising_gif, trajectory_frames, reverse_slider, first_faces, GIF_FACES,
+                                     CountingModel, _fresh_noise)
 
 T = 1000
 
@@ -224,18 +225,50 @@ def test_ddim_eta0_is_deterministic():
 
 # ---------------------------------------------------------------- end to end: the exact denoiser for Gaussian data
 
-def linear_chain_moments(betas, pairs, mu, var, sigma_fn, weights_fn):
-    "Mean and variance of a reverse chain that is linear in x_t for N(μ, σ²) data (float64)."
+def linear_chain_moments(betas, pairs, mu, var, sigma_fn, weights_fn, history=False):
+    """Mean and variance of a reverse chain that is linear in x_t for N(μ, σ²) data (float64); with `history`, also
+    those of x_t before each step."""
     _, ab, _ = paper_alphas(betas)
     m, v = 0.0, 1.0
+    ms, vs = [], []
     for t, tp in pairs:
+        ms.append(m); vs.append(v)
         a, ap = ab[t], (ab[tp] if tp >= 0 else 1.0)
         gain = np.sqrt(a) * var / (a * var + 1 - a)                                   # E[x_0|x_t] = μ + gain (x_t − √ᾱ μ)
         w0, wt = weights_fn(t, a, ap)                                                 # x_t' = w0 x̂_0 + wt x_t + s z
         s = sigma_fn(t, a, ap)
         A, B = w0 * gain + wt, w0 * mu * (1 - gain * np.sqrt(a))                      # = A x_t + B + s z
         m, v = A * m + B, A * A * v + s * s
-    return m, v
+    return (m, v, np.array(ms), np.array(vs)) if history else (m, v)
+
+
+class Moments:
+    "A `sample` callback: mean and variance over all images and pixels of x_t at every step."
+    def __init__(self): self.mean, self.var = [], []
+
+    def __call__(self, i, t, x_t, x0_hat):
+        self.mean.append(x_t.double().mean().item()); self.var.append(x_t.double().var().item())
+
+
+def worst_z(rec, ms, vs, n):
+    "Largest |z| over the steps of the recorded mean and variance against the exact ones (n independent pixels)."
+    zm = np.abs(np.array(rec.mean) - ms) / np.sqrt(vs / n)
+    zv = np.abs(np.array(rec.var) / vs - 1) / np.sqrt(2 / n)
+    return max(zm.max(), zv.max())
+
+
+class HalvingDDPM(DDPMSampler):
+    "The control, deliberately broken: x_{t−1} = ½ μ̃_t + 3 σ_t z at every step but the last (which returns x̂_0)."
+    def step(self, model_output, t, x_t, generator=None, noise=None):
+        z = _fresh_noise(x_t, noise, generator)
+        mean, x0_hat = super().step(model_output, t, x_t, noise=torch.zeros_like(x_t))
+        if int(t) == 0: return StepOutput(mean, x0_hat)
+        return StepOutput(0.5 * mean + 3 * extract(self.sigmas(), t, x_t.shape) * z, x0_hat)
+
+
+class ForgetfulDDIM(DDIMSampler):
+    "The control, deliberately broken: accepts `steps` but visits all T timesteps."
+    def __init__(self, schedule, objective='eps', steps=50, **kw): super().__init__(schedule, objective, steps=schedule.T, **kw)
 
 
 @pytest.mark.parametrize('variance', ['posterior', 'beta'])
@@ -243,12 +276,14 @@ def linear_chain_moments(betas, pairs, mu, var, sigma_fn, weights_fn):
 def test_ddpm_samples_gaussian_data(objective, variance):
     schedule, mu, sd = NoiseSchedule('linear', T), 0.2, 0.5
     b = schedule.betas.double().numpy()
+    rec = Moments()
     x = sample(GaussianOracle(schedule, objective, mu, sd), DDPMSampler(schedule, objective, variance, clip_x0=False),
-               32, 8, generator=torch.Generator().manual_seed(0))
+               32, 8, generator=torch.Generator().manual_seed(0), callback=rec)
     weights = lambda t, a, ap: (np.sqrt(ap) * b[t] / (1 - a), np.sqrt(1 - b[t]) * (1 - ap) / (1 - a))
     sig = lambda t, a, ap: 0.0 if t == 0 else np.sqrt(b[t] * (1 - ap) / (1 - a) if variance == 'posterior' else b[t])
-    m, v = linear_chain_moments(b, [(t, t - 1) for t in range(T - 1, -1, -1)], mu, sd ** 2, sig, weights)
+    m, v, ms, vs = linear_chain_moments(b, [(t, t - 1) for t in range(T - 1, -1, -1)], mu, sd ** 2, sig, weights, history=True)
     n = x.numel()
+    assert worst_z(rec, ms, vs, n) < 5                                                 # on the exact path at every step
     assert abs(x.mean().item() - m) < 5 * math.sqrt(v / n) and abs(x.var().item() / v - 1) < 5 * math.sqrt(2 / n)
     assert abs(m - mu) < 0.01 and abs(v / sd ** 2 - 1) < 0.03                         # the chain itself is right
 
@@ -259,14 +294,16 @@ def test_ddim_samples_gaussian_data(steps, spacing, eta):
     schedule, mu, sd = NoiseSchedule('linear', T), -0.1, 0.7
     b = schedule.betas.double().numpy()
     smp = DDIMSampler(schedule, 'eps', steps=steps, eta=eta, spacing=spacing, clip_x0=False)
-    x = sample(GaussianOracle(schedule, 'eps', mu, sd), smp, 64, 8, generator=torch.Generator().manual_seed(0))
+    rec = Moments()
+    x = sample(GaussianOracle(schedule, 'eps', mu, sd), smp, 64, 8, generator=torch.Generator().manual_seed(0), callback=rec)
     sig = lambda t, a, ap: eta * np.sqrt((1 - ap) / (1 - a) * (1 - a / ap))
     def weights(t, a, ap):
         k = np.sqrt(1 - ap - sig(t, a, ap) ** 2)
         return np.sqrt(ap) - k * np.sqrt(a) / np.sqrt(1 - a), k / np.sqrt(1 - a)
     ts = smp.timesteps.tolist()
-    m, v = linear_chain_moments(b, list(zip(ts, ts[1:] + [-1])), mu, sd ** 2, sig, weights)
+    m, v, ms, vs = linear_chain_moments(b, list(zip(ts, ts[1:] + [-1])), mu, sd ** 2, sig, weights, history=True)
     n = x.numel()
+    assert worst_z(rec, ms, vs, n) < 5                                                 # on the exact path at every step
     assert abs(x.mean().item() - m) < 5 * math.sqrt(v / n) and abs(x.var().item() / v - 1) < 5 * math.sqrt(2 / n)
     if steps >= 100: assert abs(v / sd ** 2 - 1) < 0.05
 
@@ -282,6 +319,83 @@ def test_ddim_inversion_round_trip():
         errs.append((sample(oracle, smp, 4, 8, x_T=noise) - x0).pow(2).mean().sqrt().item())
     assert errs[1] < errs[0] and errs[1] < 0.02
     assert 0.8 < noise.std().item() < 1.2                                              # it looks like noise
+
+
+def test_the_step_by_step_check_fails_a_broken_sampler():
+    "The control for the two tests above: halving the mean and tripling the noise is caught at the first steps."
+    schedule, mu, sd = NoiseSchedule('linear', T), 0.2, 0.5
+    b = schedule.betas.double().numpy()
+    rec = Moments()
+    x = sample(GaussianOracle(schedule, 'eps', mu, sd), HalvingDDPM(schedule, 'eps', clip_x0=False), 32, 8,
+               generator=torch.Generator().manual_seed(0), callback=rec)
+    weights = lambda t, a, ap: (np.sqrt(ap) * b[t] / (1 - a), np.sqrt(1 - b[t]) * (1 - ap) / (1 - a))
+    sig = lambda t, a, ap: 0.0 if t == 0 else np.sqrt(b[t] * (1 - ap) / (1 - a))
+    _, _, ms, vs = linear_chain_moments(b, [(t, t - 1) for t in range(T - 1, -1, -1)], mu, sd ** 2, sig, weights, history=True)
+    assert worst_z(rec, ms, vs, x.numel()) > 5
+
+
+CHI2_3DOF_P001 = 16.27                                                                 # P(χ² with 3 d.o.f. > 16.27) = 0.001
+
+
+@pytest.mark.parametrize('name', ['ddpm', 'ddim', 'dpm++', 'broken'])
+def test_memoriser_samples_each_training_image_equally_often(name):
+    """Exact denoiser of 4 images: every sample is one of them, and each comes out about n/4 times (χ² test); the broken
+    sampler (the control) also lands on a training image every time, but always the same one."""
+    schedule = NoiseSchedule('linear', T)
+    train = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    oracle = DatasetOracle(schedule, train, 'eps')
+    smp = {'ddpm': DDPMSampler(schedule), 'ddim': DDIMSampler(schedule, steps=50, eta=0.5),
+           'dpm++': DPMSolverSampler(schedule, steps=20), 'broken': HalvingDDPM(schedule)}[name]
+    n = 200
+    x = sample(oracle, smp, n, 8, generator=torch.Generator().manual_seed(1))
+    d = torch.cdist(x.flatten(1), train.flatten(1))
+    assert (d.min(1).values / x[0].numel() ** 0.5).max() < 1e-3                        # on a training image
+    counts = d.argmin(1).bincount(minlength=4).double()
+    chi2 = ((counts - n / 4) ** 2 / (n / 4)).sum().item()
+    assert (chi2 < CHI2_3DOF_P001) == (name != 'broken'), (counts.tolist(), chi2)
+
+
+def test_one_network_call_per_step():
+    "Cost counted, not timed: each sampler calls the model once per timestep, for the whole batch; the control fails."
+    schedule = NoiseSchedule('linear', 100)
+    counter = CountingModel(GaussianOracle(schedule, 'eps', 0.0, 0.5))
+    for smp, calls in [(DDPMSampler(schedule), 100), (DDIMSampler(schedule, steps=7), 7), (DDIMSampler(schedule, steps=7, eta=0.5), 7),
+                       (DPMSolverSampler(schedule, steps=9), 9), (make_sampler('dpm++', schedule, steps=13), 13)]:
+        counter.reset()
+        sample(counter, smp, 3, 4, generator=torch.Generator().manual_seed(0))
+        assert (counter.calls, counter.images) == (calls, 3 * calls), smp
+    counter.reset()
+    DDIMSampler(schedule, steps=7).invert(counter, torch.zeros(2, 3, 4, 4))
+    assert counter.calls == 7
+    counter.reset()
+    sample(counter, ForgetfulDDIM(schedule, steps=7), 3, 4, generator=torch.Generator().manual_seed(0))
+    assert counter.calls == 100                                                        # the control: the count catches it
+    seen = []
+    counted = CountingModel(lambda x_t, t, cond=None: seen.append(cond) or torch.zeros_like(x_t))
+    sample(counted, DDIMSampler(schedule, steps=3), 1, 4, cond={'a': 1})
+    assert counted.calls == 3 and seen == [{'a': 1}] * 3                               # the condition passes through
+
+
+def test_oracles_are_minus_sigma_times_the_score():
+    """Tweedie: ε̂ = −√(1−ᾱ) ∇log p_t and E[x_0|x_t] = (x_t + (1−ᾱ) ∇log p_t)/√ᾱ, with the score in closed form (Gaussian
+    data) or by autograd of log p_t (a finite training set); the wrong scaling (1−ᾱ for √(1−ᾱ)) is the control."""
+    schedule, mu, sd = NoiseSchedule('linear', T), 0.2, 0.5
+    train = torch.rand(5, 3, 4, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    gauss, mix, mix_x0 = (GaussianOracle(schedule, 'eps', mu, sd), DatasetOracle(schedule, train, 'eps'),
+                          DatasetOracle(schedule, train, 'x0'))
+    for t in (10, 200, 900):
+        ab, tt = schedule.f64.alphas_cumprod[t].item(), torch.full((32,), t)
+        gen = torch.Generator().manual_seed(t)
+        x = math.sqrt(ab) * train[torch.randint(0, 5, (32,), generator=gen)] + math.sqrt(1 - ab) * torch.randn(32, 3, 4, 4, generator=gen)
+        score = -(x.double() - math.sqrt(ab) * mu) / (ab * sd ** 2 + 1 - ab)            # N(√ᾱ μ, ᾱ sd² + 1 − ᾱ)
+        assert torch.allclose(gauss(x, tt).double(), -math.sqrt(1 - ab) * score, rtol=1e-4, atol=1e-5)
+        xx = x.double().requires_grad_(True)
+        d2 = (xx.flatten(1)[:, None] - math.sqrt(ab) * train.double().flatten(1)[None]).pow(2).sum(-1)
+        torch.logsumexp(-d2 / (2 * (1 - ab)), 1).sum().backward()
+        score = xx.grad
+        assert torch.allclose(mix(x, tt).double(), -math.sqrt(1 - ab) * score, rtol=1e-3, atol=1e-4)
+        assert torch.allclose(mix_x0(x, tt).double(), (x.double() + (1 - ab) * score) / math.sqrt(ab), rtol=1e-3, atol=1e-3)
+        if t == 10: assert not torch.allclose(mix(x, tt).double(), -(1 - ab) * score, rtol=0.1, atol=0.01)
 
 
 def test_dataset_oracle_memorises():
