@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
-from .forward import (NoiseSchedule, OBJECTIVES, extract, q_posterior, split_prediction, ddim_update, ddim_weights,
+from .forward import (check_choice, NoiseSchedule, OBJECTIVES, extract, q_posterior, split_prediction, ddim_update, ddim_weights,
                                     model_target, predict_noise_from_start, predict_start_from_noise, _check_objective, _check_t)
 from .data import image_grid, to_float
 from .widgets import frame_slider, save_gif
@@ -238,7 +238,7 @@ SPACINGS = ('uniform', 'trailing', 'quadratic')
 
 def ddim_timesteps(T: int, steps: int, spacing: str = 'uniform') -> torch.Tensor:
     "The `steps` timesteps a DDIM run visits, largest first: 'uniform' ⌊iT/S⌋, 'trailing' (ends at T−1), 'quadratic' (dense near 0)."
-    if spacing not in SPACINGS: raise ValueError(f"unknown spacing {spacing!r}; use one of {', '.join(SPACINGS)}")
+    check_choice(spacing, SPACINGS, 'spacing')
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= T:
         raise ValueError(f"steps = {steps!r} is not possible with T = {T}; use a whole number from 1 to {T}")
     i = np.arange(steps)
@@ -391,7 +391,7 @@ def make_sampler(name: str, schedule: NoiseSchedule, objective: str = 'eps', ste
                  spacing=None, variance: str = 'posterior', clip_x0: bool = True):
     """A sampler by name: 'ddpm' (all T steps), 'ddim' (`steps` of them, default 50, uniform spacing) or 'dpm++'
     (DPM-Solver++(2M), default 50 steps, trailing spacing)."""
-    if name not in SAMPLERS: raise ValueError(f"unknown sampler {name!r}; use one of {', '.join(SAMPLERS)}")
+    check_choice(name, SAMPLERS, 'sampler')
     if name == 'ddpm':
         if steps not in (None, schedule.T):
             raise ValueError(f"the ddpm sampler takes all T = {schedule.T} steps, not {steps}; "
