@@ -75,6 +75,18 @@ def test_nearest_neighbours_flags_copies_not_fresh_faces(faces):
     assert torch.allclose(nn.second_distance, best.values[:, 1], atol=1e-3)
 
 
+def test_memorisation_ratio_is_near_zero_for_copies_and_well_above_the_threshold_for_new_faces(faces):
+    "The claims chapter 08 rests on: ρ ≈ 0 for copies, exact or saved lossily; ρ well above 1/3 for faces never trained on."
+    train, fresh, _ = faces
+    g = torch.Generator().manual_seed(0)
+    lossy = (to_float(train[:8]) + 0.02 * torch.randn(8, 3, 32, 32, generator=g)).clamp(-1, 1)   # about ±3 grey levels
+    copies = nearest_neighbours(torch.cat([to_float(train[:8]), lossy]), train, chunk=50)
+    assert copies.index.tolist() == list(range(8)) * 2
+    assert copies.ratio[:8].max() < 0.01 and copies.ratio[8:].max() < 0.2 and copies.copied.all()
+    new = nearest_neighbours(fresh, train, chunk=50)
+    assert new.ratio.median() > 0.6 and not new.copied.any()          # measured: median 0.94, lowest 0.75
+
+
 @pytest.fixture
 def no_network(monkeypatch, tmp_path):
     "An empty torch hub cache and no network: any download attempt fails loudly."
