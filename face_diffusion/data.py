@@ -19,7 +19,8 @@ from PIL import Image, ImageOps
 
 from .faces import ATTRIBUTES, ATTRIBUTE_PROBS, SyntheticFaces, describe_face, synthetic_faces
 
-_all_ = ['ATTRIBUTES', 'ATTRIBUTE_PROBS', 'SyntheticFaces', 'describe_face', 'synthetic_faces']   # also `from face_diffusion.data import …`
+# nbdev: also export these imported names, so `from face_diffusion.data import synthetic_faces` works too
+_all_ = ['ATTRIBUTES', 'ATTRIBUTE_PROBS', 'SyntheticFaces', 'describe_face', 'synthetic_faces']
 
 # %% ../nbs/00_data.ipynb #635227a0
 def to_float(x):

@@ -209,8 +209,8 @@ def _curly_outline(f, i, grow=1.0):
     "Signed distance to the wavy cloud of curly hair around the head (grow < 1: a little inside it)."
     xi, yi = f.x[i], f.y[i] + 0.3
     r = _hypot(xi, yi)
-    theta = torch.atan2(yi, xi)
-    radius = (1.3 + f.vol[i]) * grow * (1 + 0.05 * torch.sin(11 * theta + 6.283 * f.V['wave'][i]))   # 11 waves
+    phi = torch.atan2(yi, xi)                                           # φ: the angle around the head
+    radius = (1.3 + f.vol[i]) * grow * (1 + 0.05 * torch.sin(11 * phi + 6.283 * f.V['wave'][i]))   # r = (1.3 + vol)(1 + 0.05 sin(11φ + 2π wave))
     return r - radius
 
 def _long_hair(img, i, f):
@@ -268,7 +268,7 @@ def _face(img, f):
     xf = f.x / (1 - jaw * yb.clamp(0, 1).square())              # x_f = x / (1 − jaw·clamp(y/b, 0, 1)²)
     d_face = _ellipse_sd(xf, f.y, 1.0, f.b)
     square = (shape == 2).nonzero().squeeze(1)
-    if len(square):                                              # a superellipse, p = 3 … 3.3
+    if len(square):                                              # a superellipse, p = 3 + 0.3·power: 2.7 … 3.3
         d_face[square] = _ellipse_sd(xf[square], f.y[square], 1.0, f.b[square], 3.0 + 0.3 * f.V['power'][square])
     edge = (xf * xf + yb * yb).clamp(max=1.0)
     _over(img, f.cover(d_face), f.skin[:, :, None, None] * (1 - 0.12 * (edge * edge)[:, None]))
@@ -402,7 +402,7 @@ def _render_batch(images, P, size, batch_size, start):
     "Paint the faces start … start + batch_size − 1 of P into images, as uint8."
     stop = start + batch_size
     part = {k: val[start:stop] for k, val in P.items()}
-    images[start:stop] = (_render_faces(part, size) * 255).round_().to(torch.uint8)   # u = round(255·c)
+    images[start:stop] = (_render_faces(part, size) * 255).round_().to(torch.uint8)   # u = round(255·κ), κ the colour value
 
 def synthetic_faces(n, size=64, seed=0, batch_size=None):
     """`n` seeded cartoon faces of `size`×`size` pixels (16 to 128): returns `(images, attributes)`.

@@ -41,7 +41,8 @@ def sigmoid_betas(T: int, start: float = -3.0, end: float = 3.0, tau: float = 1.
                   max_beta: float = 0.999) -> torch.Tensor:
     "β_t from ᾱ shaped like a falling sigmoid (Jabri et al. 2022; Chen 2023), good for large images."
     steps = torch.arange(T + 1, dtype=torch.float64) / T                 # t/T for t = 0 … T
-    v_start, v_end = torch.sigmoid(torch.tensor(start / tau)), torch.sigmoid(torch.tensor(end / tau))
+    v_start = torch.sigmoid(torch.tensor(start / tau, dtype=torch.float64))       # float64 (a bare tensor would be float32)
+    v_end = torch.sigmoid(torch.tensor(end / tau, dtype=torch.float64))
     sig = torch.sigmoid((steps * (end - start) + start) / tau)
     alphas_cumprod = (v_end - sig) / (v_end - v_start)                   # ᾱ: 1 at t = 0, 0 at t = T
     betas = 1 - alphas_cumprod[1:] / alphas_cumprod[:-1]                 # β_t = 1 − ᾱ_t/ᾱ_{t−1}
@@ -268,7 +269,7 @@ def ddim_update(x0_hat, eps_hat, alpha_bar_next, sigma=0.0, noise=None):
 
 # %% ../nbs/01_forward.ipynb #7496c6a7
 class Degradation:
-    "A way to damage a clean image by an amount t = 0 … T−1: `degrade(x0, t)` gives x_t. Gaussian noise is one; blur, pixelation and masks (chapter 11) are others."
+    "A way to damage a clean image by an amount t = 0 … T−1: `degrade(x0, t)` gives x_t. Gaussian noise is one; blur, pixelation and masks (a later chapter on cold diffusion) are others."
     T: int                                                                 # the number of levels
 
     def degrade(self, x0: torch.Tensor, t, noise=None, generator=None) -> torch.Tensor:

@@ -90,7 +90,9 @@ def frame_slider(frames, labels=None, panels=None, values=None, histogram=False,
     `frames`: (F, 3, H, W) or (F, P, 3, H, W) (P panels side by side, titled by `panels`), float in [-1, 1]
     or uint8; or a dict {choice: frames}, which adds a dropdown to pick the choice.
     `labels`: F readout strings (or a dict {choice: labels}); `values`: the slider value of each frame
-    (default 0 … F−1); `histogram`: show the pixel histogram of the first panel beside the pictures."""
+    (default 0 … F−1); `histogram`: show the pixel histogram of the first panel beside the pictures.
+    The box has `.slider`, `.dropdown`, `.images`, `.histogram`, `.readout`, `.show()` (redraw) and
+    `.frame_png(value, panel=0, choice=None)`, the PNG bytes it must show at `value`."""
     import ipywidgets as W                                                  # only here: the package imports without it
     choices = frames if isinstance(frames, dict) else {None: frames}
     label_sets = labels if isinstance(labels, dict) else {c: labels for c in choices}
@@ -136,7 +138,11 @@ def frame_slider(frames, labels=None, panels=None, values=None, histogram=False,
     controls = W.HBox(([dropdown] if dropdown is not None else []) + [slider])
     box = W.VBox([pictures, controls, readout])
     box.slider, box.dropdown, box.images, box.histogram, box.readout, box.show = slider, dropdown, images, hist_image, readout, show
-    box.frame_png = lambda value, panel=0, choice=None: _png(rgb[choice][values.index(value), panel], scale)   # what value must show
+    def frame_png(value, panel=0, choice=None):
+        "The PNG bytes the widget must show at slider `value` (for `choice`, default the dropdown's current one)."
+        if choice is None and dropdown is not None: choice = dropdown.value
+        return _png(rgb[choice][values.index(value), panel], scale)
+    box.frame_png = frame_png
     return box
 
 # %% ../nbs/01a_widgets.ipynb #1c221fe3

@@ -331,3 +331,54 @@ def test_imports_without_matplotlib():
             "face_diffusion.data.synthetic_faces(2, 16)\n")
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def portrait_by_pil(size):
+    "The portrait decoded with Pillow alone: RGB, the central square, Lanczos to size×size (H×W×3)."
+    from matplotlib import cbook
+    with Image.open(cbook.get_sample_data('grace_hopper.jpg', asfileobj=False)) as im:
+        im = im.convert('RGB')
+        side = min(im.size)
+        left, top = (im.width - side) // 2, (im.height - side) // 2
+        return np.asarray(im.resize((size, size), Image.Resampling.LANCZOS, box=(left, top, left + side, top + side)))
+
+
+@pytest.mark.parametrize('size', [16, 64])
+def test_portrait_pixels_match_a_plain_pil_decode(size):
+    "Shape and dtype would pass an all-black, BGR or transposed image; the bytes must be Pillow's own."
+    got = portrait(size).permute(1, 2, 0).numpy()
+    want = portrait_by_pil(size)
+    assert np.array_equal(got, want)
+    for broken in (got[..., ::-1], got.transpose(1, 0, 2), np.zeros_like(got)):
+        assert not np.array_equal(broken, want)
+
+
+def test_cached_folder_is_not_decoded_again(folder, tmp_path):
+    "A FaceFolder that ignored its cache would still give the same images: make decoding raise the second time."
+    from unittest import mock
+    first, _ = load(folder, size=16, cache_dir=tmp_path / 'cache')
+    with mock.patch.object(FaceFolder, '_decode_all', side_effect=AssertionError('decoded again')):
+        again, _ = load(folder, size=16, cache_dir=tmp_path / 'cache')
+        assert again.cache_path.is_file() and torch.equal(again.images, first.images)
+        with pytest.raises(AssertionError, match='decoded again'):
+            load(folder, size=16, cache_dir=False)                          # without the cache it does decode
+
+
+def test_folder_conversions_keep_the_picture(tmp_path):
+    "16-bit, palette and transparent images must keep the picture, not just become three channels."
+    root = tmp_path / 'faces'
+    root.mkdir()
+    base = photo(48, 48, seed=11)
+    gray = np.asarray(base.convert('L'))
+    Image.fromarray(gray).save(root / 'gray.png')
+    Image.fromarray(gray.astype(np.uint16) * 257).save(root / 'sixteen.png')        # the same gray, 16 bits
+    base.convert('P', palette=Image.Palette.ADAPTIVE, colors=64).save(root / 'palette.png')
+    base.save(root / 'rgb.png')
+    rgba = base.convert('RGBA'); alpha = np.full((48, 48), 255, np.uint8); alpha[:8, :8] = 0
+    rgba.putalpha(Image.fromarray(alpha)); rgba.save(root / 'corner.png')
+    ds, _ = load(root, size=48, cache_dir=False)
+    by = {f.name: img.int() for f, img in zip(ds.files, ds.images)}
+    assert (by['sixteen.png'] - by['gray.png']).abs().max() <= 1                    # 65535 ↔ 255, rounding only
+    assert (by['palette.png'] - by['rgb.png']).abs().float().mean() < 12            # 64 colours, close to the photo
+    assert (by['corner.png'][:, :6, :6] == 255).all()                               # transparent corner: white
+    assert torch.equal(by['corner.png'][:, 10:, 10:], by['rgb.png'][:, 10:, 10:])   # opaque part: the photo

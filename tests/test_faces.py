@@ -72,3 +72,33 @@ def test_no_long_functions_in_the_renderer():
     painters = [p.__name__ for p in faces._PAINTERS]
     assert painters == ['_hair_behind', '_neck', '_shirt', '_ears', '_face', '_cheeks', '_nose', '_hair_on_top',
                         '_eyes', '_eyebrows', '_mouth', '_glasses']
+
+
+def test_face_description_uses_53_of_the_random_columns():
+    "The appendix says 53 of the 64 columns are used: 53 are enough, 52 are not; the rest are free for new parameters."
+    U = torch.rand(4, faces._N_UNIFORMS, generator=torch.Generator().manual_seed(0))
+    assert faces._N_UNIFORMS == 64
+    full, first53 = faces._face_params(U), faces._face_params(U[:, :53])
+    assert all(torch.equal(full[k], first53[k]) for k in full)
+    with pytest.raises(StopIteration): faces._face_params(U[:, :52])
+
+
+def test_every_attribute_changes_the_picture():
+    "A painter that ignored an attribute's codes would pass the frequency checks; each category must look different."
+    P = faces._face_params(torch.rand(1, faces._N_UNIFORMS, generator=torch.Generator().manual_seed(11)))
+    for name, categories in ATTRIBUTES.items():
+        k = len(categories)
+        one = {key: val.repeat(k, *[1] * (val.ndim - 1)) for key, val in P.items()} | {name: torch.arange(k)}
+        im = (faces._render_faces(one, 64) * 255).round()
+        for i in range(k):
+            for j in range(i + 1, k):
+                assert ((im[i] - im[j]).abs() > 8).sum() >= 20, (name, categories[i], categories[j])
+
+
+def test_coverage_is_exact_for_a_straight_edge():
+    "c = clamp(½ − d/w, 0, 1): along a row the coverages times w add up to the covered length (d = x − x_e)."
+    for n_px in [16, 33]:
+        w = 2 / n_px
+        x = (torch.arange(n_px, dtype=torch.float64) + 0.5) * w - 1
+        for x_e in [-0.61, -0.2, 0.0, 0.33, 0.8]:
+            assert abs((faces._cover(x - x_e, w).sum() * w).item() - (x_e + 1)) < 1e-9

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from face_diffusion.forward import (NoiseSchedule, OBJECTIVES, SCHEDULES, check_closed_form, check_posterior, cosine_betas, extract,
+                                    quadratic_betas, sigmoid_betas,
                                     linear_betas, model_target, q_posterior, q_sample, q_step, split_prediction, velocity,
                                     ddim_update, ddim_weights, Degradation, GaussianNoise, scheduler_config, PREDICTION_TYPES)
 
@@ -44,6 +45,32 @@ def test_cosine_matches_improved_ddpm_formula():
     sched = NoiseSchedule('cosine', T)
     np.testing.assert_allclose(sched.alphas_cumprod[:-1].double().numpy(), alpha_bar[1:-1], rtol=1e-4, atol=1e-8)
     assert sched.betas[-1].item() == pytest.approx(0.999)              # the clipped last step
+
+
+def quadratic_gap(betas, T=1000):
+    "Largest relative gap from β_t = (√β_1 + (√β_T − √β_1)(t−1)/(T−1))², √β on a straight line (plain Python)."
+    root = lambda t: math.sqrt(1e-4) + (math.sqrt(0.02) - math.sqrt(1e-4)) * (t - 1) / (T - 1)
+    return max(abs(betas[t - 1].item() / root(t) ** 2 - 1) for t in [1, 2, 10, 100, 500, 900, 999, 1000])
+
+
+def sigmoid_gap(betas, T=1000, a=-3.0, b=3.0, tau=1.0):
+    "Largest relative gap of ᾱ from (σ(b/τ) − σ(u_t))/(σ(b/τ) − σ(a/τ)), u_t = (a + (b − a) t/T)/τ (plain Python)."
+    sig = lambda u: 1 / (1 + math.exp(-u))
+    ab_paper = lambda t: (sig(b / tau) - sig((a + (b - a) * t / T) / tau)) / (sig(b / tau) - sig(a / tau))
+    ab = torch.cumprod(1 - betas, 0)
+    return max(abs(ab[t - 1].item() / ab_paper(t) - 1) for t in [1, 10, 100, 500, 900, 990])
+
+
+def test_quadratic_and_sigmoid_match_their_formulas():
+    assert quadratic_gap(quadratic_betas(1000)) < 1e-12
+    assert sigmoid_gap(sigmoid_betas(1000)) < 1e-9
+    assert NoiseSchedule('sigmoid', 1000).f64.alphas_cumprod[499].item() == pytest.approx(0.5, rel=1e-12)   # σ(0) halfway
+    # wrong schedules fail: a "quadratic" that is linear, a sigmoid without the (b − a) stretch of t/T
+    assert quadratic_gap(linear_betas(1000)) > 0.1
+    steps = torch.arange(1001, dtype=torch.float64) / 1000
+    v0, v1 = torch.sigmoid(torch.tensor(-3.0, dtype=torch.float64)), torch.sigmoid(torch.tensor(3.0, dtype=torch.float64))
+    ab = (v1 - torch.sigmoid(steps - 3.0)) / (v1 - v0)
+    assert sigmoid_gap((1 - ab[1:] / ab[:-1]).clamp(0, 0.999)) > 0.1
 
 
 @pytest.mark.parametrize('kind', KINDS)
@@ -172,7 +199,7 @@ def test_variance_preserving_is_variance_exploding_rescaled():
     x0, eps = torch.randn(2, n, generator=g, dtype=torch.float64)     # unit-variance data, one ε for both forms
     for t in [0, 10, 500, 990]:
         ab = s.f64.alphas_cumprod[t].item()
-        sigma = math.sqrt((1 - ab) / ab)                               # σ_t = √((1−ᾱ_t)/ᾱ_t)
+        sigma = math.sqrt((1 - ab) / ab)                               # σ^VE_t = √((1−ᾱ_t)/ᾱ_t)
         vp, ve = q_sample(s, x0, t, noise=eps), x0 + sigma * eps       # VP and VE
         torch.testing.assert_close(vp, ve / math.sqrt(1 + sigma ** 2), rtol=0, atol=1e-6)   # x_t = y/√(1+σ²)
         assert t == 0 or not torch.allclose(vp, (x0 + math.sqrt(1 - ab) * eps) / math.sqrt(2 - ab), atol=1e-6)  # σ = √(1−ᾱ): wrong
@@ -284,6 +311,23 @@ def test_objectives_round_trip(objective):
     v = velocity(s, x0, eps, t)
     ab = s.alphas_cumprod[t].double().view(-1, 1, 1, 1)
     torch.testing.assert_close(v, ab.sqrt() * eps - (1 - ab).sqrt() * x0, rtol=0, atol=1e-6)
+
+
+def velocity_ends_gap(v_fn, kind):
+    "Largest |v − ε| at index 0 and |v + x_0| at index T − 1: v turns from ε into −x_0 as t goes from 0 to T."
+    s, g = NoiseSchedule(kind, 1000), torch.Generator().manual_seed(8)
+    x0 = torch.rand(4000, generator=g) * 2 - 1
+    eps = torch.randn(4000, generator=g).clamp(-4, 4)
+    return max((v_fn(s, x0, eps, 0) - eps).abs().max().item(), (v_fn(s, x0, eps, 999) + x0).abs().max().item())
+
+
+@pytest.mark.parametrize('kind', ['linear', 'cosine'])
+def test_velocity_is_eps_at_the_start_and_minus_x0_at_the_end(kind):
+    "A round trip passes a v with swapped coefficients (and matching inverses); its two ends do not."
+    assert velocity_ends_gap(velocity, kind) < 0.05
+    swapped = lambda s, x0, eps, t: (extract(s.sqrt_one_minus_alphas_cumprod, t, x0.shape) * eps
+                                     - extract(s.sqrt_alphas_cumprod, t, x0.shape) * x0)   # √(1−ᾱ) ε − √ᾱ x_0
+    assert velocity_ends_gap(swapped, kind) > 0.5
 
 
 # --- bad input --------------------------------------------------------------------------------------------------------
