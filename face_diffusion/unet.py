@@ -89,6 +89,9 @@ class UNetConfig:
         for name in ('image_size', 'in_channels', 'base_channels', 'num_res_blocks', 'head_channels', 'groups'):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1: raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if self.base_channels % 2:                    # it is also the size d of the time embedding's sinusoids
+            raise ValueError(f"base_channels must be even (it is also the size of the sinusoidal time embedding, "
+                             f"half sines and half cosines), got {self.base_channels}")
         if not self.channel_mults or min(self.channel_mults) < 1:
             raise ValueError(f"channel_mults must be positive integers, e.g. (1, 2, 2), got {self.channel_mults}")
         if not 0 <= self.dropout < 1: raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
@@ -175,13 +178,14 @@ class SimpleUNet(nn.Module):
         self.ups = nn.ModuleList([SimpleBlock(a, b, config.time_dim, up=True) for a, b in zip(up[:-1], up[1:])])
         self.output = nn.Conv2d(chs[0], config.in_channels, 1)
         self.cond_embed = condition_embedding(config, zero_init=False)   # None without attributes or levels
+        # (condition_embedding and check_condition are defined in the section "The condition input" below)
 
     def forward(self, x, t, cond=None):
         t, cond = check_input(self.config, x, t), check_condition(self.config, cond, x)
         emb = self.time_embed(t)                                # MLP(t)
         if self.cond_embed is not None: emb = emb + self.cond_embed(cond, len(x))   # + W a (or n) + MLP_ℓ(ℓ)
         x = self.conv0(x if cond.image is None else torch.cat([x, cond.image], dim=1))   # x_t ⊕ c
-        emb = F.relu(emb)
+        emb = F.relu(emb)                                       # u = ReLU(e(t)), read by every block
         skips = []
         for down in self.downs:
             x = down(x, emb)
@@ -197,7 +201,7 @@ def zero_module(module: nn.Module) -> nn.Module:
     return module
 
 class ResBlock(nn.Module):
-    "GroupNorm → SiLU → conv → scale-and-shift by t → GroupNorm-SiLU → dropout → conv, added to a skip path."
+    "GroupNorm → SiLU → conv → GroupNorm → scale-and-shift by t → SiLU → dropout → conv, added to a skip path."
     def __init__(self, in_ch: int, out_ch: int, time_dim: int, groups: int = 32, dropout: float = 0.0,
                  zero_init: bool = True):
         super().__init__()
@@ -328,7 +332,7 @@ def flops_per_image(model: nn.Module, image_size: int | None = None, batch: int 
     p = next(model.parameters())
     x = torch.zeros(batch, c.in_channels, size, size, device=p.device, dtype=p.dtype)
     t = torch.zeros(batch, dtype=torch.long, device=p.device)
-    cond = example_condition(c, batch, size, device=p.device, dtype=p.dtype)
+    cond = example_condition(c, batch, size, device=p.device, dtype=p.dtype)   # defined in "The condition input" below
     with torch.no_grad(), FlopCounterMode(display=False) as counter: model(x, t, cond)
     return counter.get_total_flops() / batch
 
@@ -348,10 +352,10 @@ class Condition:
     drop: N booleans, or one for the batch → these images get the learned null embedding n instead of W a
         (condition dropout in training; the unconditional pass of guidance). Without attributes, every image gets n.
 
-    Per-group nulls (chapter 10) keep this interface: `drop` may then be (N, G), one flag per attribute group, read by
-    an attribute embedding with G null vectors, e = Σ_g (drop_g ? n_g : W_g a_g) (since W a = Σ_g W_g a_g); only that
-    module, a drop-in for `AttributeEmbedding`, changes. The U-Net passes `drop` to it unchecked beyond its first
-    dimension."""
+    Per-group nulls (for guidance on groups of attributes) keep this interface: `drop` may then be (N, G), one flag
+    per attribute group, read by an attribute embedding with G null vectors, e = Σ_g (drop_g ? n_g : W_g a_g) (since
+    W a = Σ_g W_g a_g); only that module, a drop-in for `AttributeEmbedding`, changes. The U-Net passes `drop` to it
+    unchecked beyond its first dimension."""
     attributes: torch.Tensor | None = None
     image: torch.Tensor | None = None
     level: torch.Tensor | float | None = None

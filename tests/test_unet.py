@@ -268,6 +268,25 @@ def test_self_attention_is_softmax_of_qk_over_root_d_times_v_per_head():
         assert (attn(x) - expected).abs().max() < 1e-5
 
 
+def test_simple_unet_blocks_get_relu_of_the_time_embedding_and_follow_the_formula():
+    "Ho and Zhu's block: BN(ReLU(W_2 * h)), h = BN(ReLU(W_1 * x)) + ReLU(A u), with u = ReLU(e(t)) for every block."
+    torch.manual_seed(0)
+    net = build_unet(UNetConfig(kind='simple', image_size=32, base_channels=8, channel_mults=(1, 2, 4))).eval()
+    x, t, seen = torch.randn(2, 3, 32, 32), torch.tensor([10, 900]), []
+    hooks = [b.register_forward_pre_hook(lambda m, args: seen.append(args)) for b in [*net.downs, *net.ups]]
+    with torch.no_grad():
+        net(x, t)
+        for h in hooks: h.remove()
+        u = torch.relu(net.time_embed(t))                                      # u = ReLU(e(t))
+        assert len(seen) == len(net.downs) + len(net.ups)
+        assert all(torch.allclose(args[1], u, atol=1e-6) for args in seen)    # every block receives u
+        for block, (xin, _) in zip([*net.downs, *net.ups], seen):
+            h = block.bnorm1(torch.relu(block.conv1(xin)))                     # BN(ReLU(W_1 * x))
+            h = h + torch.relu(block.time_mlp(u))[:, :, None, None]            # + ReLU(A u)
+            expected = block.transform(block.bnorm2(torch.relu(block.conv2(h))))   # BN(ReLU(W_2 * h)), halve or double
+            assert (block(xin, u) - expected).abs().max() < 1e-5
+
+
 # --- the condition input: model(x_t, t, cond) ---
 
 BUNDLED = Path(face_diffusion.__file__).parent / 'pretrained'
