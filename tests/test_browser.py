@@ -1,5 +1,5 @@
 """The course's sliders, tested in a real browser: JupyterLab on 127.0.0.1, driven by Debian's Chromium through
-playwright. Each test opens a notebook (a copy of chapter 01, or a small one built here around chapter 05's reverse
+playwright. Each test opens a notebook (a copy of chapter 01 or 02, or a small one built here around chapter 05's reverse
 slider), runs every cell (IN_TEST=1, so it is quick), moves the slider with the keyboard, and checks what a person
 sees: a picture of a real size, visible, whose bytes are exactly the frame the kernel computes for the value the
 slider shows, and a readout that names that value. Screenshots are saved in pytest's temporary folder."""
@@ -231,3 +231,8 @@ def test_reverse_slider_of_chapter_05(tmp_path):
     path.write_text(json.dumps(nb))
     (tmp_path / 'lab').mkdir()
     drive(tmp_path / 'lab', path, 'box', ['ArrowRight', 'ArrowRight', 'ArrowRight'])
+
+
+def test_embedding_slider_of_chapter_02(tmp_path):
+    before, after = drive(tmp_path, ROOT / 'nbs' / '02_embeddings.ipynb', 'embedding_box', ['ArrowRight', 'ArrowRight', 'ArrowRight'])
+    assert int(after[0]['value']) > int(before[0]['value'])
