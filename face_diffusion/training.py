@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import to_float, random_flip, save_grid
-from .forward import (NoiseSchedule, OBJECTIVES, SCHEDULES, extract, q_sample, model_target, split_prediction,
+from .forward import (check_choice, NoiseSchedule, OBJECTIVES, SCHEDULES, extract, q_sample, model_target, split_prediction,
                                     predict_noise_from_start, ddim_update, scheduler_config)
 from .unet import UNetConfig, build_unet
 from .runs import (RUN_MARKER, RUN_FORMAT_VERSION, DataSource, RunLock, atomic_write, write_json, read_config,
@@ -41,8 +41,7 @@ def min_snr_weight(schedule, t, objective: str, gamma: float) -> torch.Tensor:
 def diffusion_loss(model, schedule, x0, objective: str = 'eps', loss: str = 'l2', min_snr_gamma: float | None = None,
                    generator=None, t=None, noise=None, huber_delta: float = 0.1, reduction: str = 'mean'):
     "Noise x_0 to a random x_t, ask `model` for the `objective` (ε, x_0 or v) and score it with L2, L1 or Huber."
-    if objective not in OBJECTIVES: raise ValueError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
-    if loss not in LOSSES: raise ValueError(f"unknown loss {loss!r}; use one of {', '.join(LOSSES)}")
+    check_choice(objective, OBJECTIVES, 'objective'); check_choice(loss, LOSSES, 'loss')
     n = x0.shape[0]
     if t is None: t = torch.randint(0, schedule.T, (n,), generator=generator, device=x0.device)   # t ~ U{0 … T−1}
     if noise is None: noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)  # ε ~ N(0, I)
@@ -129,7 +128,7 @@ def gpu_has_bf16(device) -> bool:
 def resolve_precision(precision: str, device) -> str:
     "'auto' → bf16 on a GPU that has it in hardware, fp16 (with a gradient scaler) on an older GPU, fp32 on the CPU."
     device = torch.device(device)
-    if precision not in PRECISIONS: raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    check_choice(precision, PRECISIONS, 'precision')
     if precision == 'auto':
         if device.type != 'cuda': return 'fp32'
         return 'bf16' if gpu_has_bf16(device) else 'fp16'
@@ -177,9 +176,9 @@ class TrainConfig:
 
     def __post_init__(self):
         self.adam_betas = tuple(self.adam_betas)
-        if self.objective not in OBJECTIVES: raise ValueError(f"unknown objective {self.objective!r}; use one of {', '.join(OBJECTIVES)}")
-        if self.loss not in LOSSES: raise ValueError(f"unknown loss {self.loss!r}; use one of {', '.join(LOSSES)}")
-        if self.precision not in PRECISIONS: raise ValueError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
+        for value, choices, what in ((self.objective, OBJECTIVES, 'objective'), (self.loss, LOSSES, 'loss'),
+                                     (self.precision, PRECISIONS, 'precision'), (self.schedule, SCHEDULES, 'schedule')):
+            check_choice(value, choices, what)
         for name in ('batch_size', 'grad_accum', 'steps', 'log_every', 'save_every', 'keep_last', 'sample_n', 'sample_steps'):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -187,7 +186,6 @@ class TrainConfig:
         for name in ('warmup_steps', 'sample_every'):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0: raise ValueError(f"{name} = {v!r} must be a whole number ≥ 0")
-        if self.schedule not in SCHEDULES: raise ValueError(f"unknown schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}")
         _positive(self, 'lr', 'such as 1e-3'); _positive(self, 'huber_delta', 'such as 0.1')
         _positive(self, 'grad_clip', 'such as 1.0, or None for no clipping', allow_none=True)
         _positive(self, 'min_snr_gamma', 'such as 5, or None (or 0) for no weighting', allow_none=True, allow_zero=True)
