@@ -1,5 +1,5 @@
 """The sync checks of `make test` catch a notebook edited without `make export`, an unclean notebook,
-and a README out of step with nbs/index.ipynb. Each case runs tools/check_sync.py on a scratch copy."""
+a README out of step with nbs/index.ipynb, and a saved error output. Each case runs tools/check_sync.py on a scratch copy."""
 import json, shutil, subprocess, sys
 from pathlib import Path
 import pytest
@@ -47,3 +47,11 @@ def test_readme_out_of_step_fails(project):
     edit_nb(project / "nbs" / "index.ipynb", retitle)
     rc, out = check(project)
     assert rc == 1 and "README.md out of step" in out, out
+
+def test_saved_error_output_fails(project):
+    def add_error(nb):
+        cell = next(c for c in nb["cells"] if c["cell_type"] == "code" and not "".join(c["source"]).startswith("#|"))
+        cell["outputs"] = [{"output_type": "error", "ename": "NameError", "evalue": "name 'x' is not defined", "traceback": []}]
+    edit_nb(project / "nbs" / "02_embeddings.ipynb", add_error)
+    rc, out = check(project)
+    assert rc == 1 and "saved error outputs (02_embeddings.ipynb cell" in out and "NameError" in out, out

@@ -2,11 +2,12 @@
 1. the export is in sync: a fresh `nbdev-export` changes no file under face_diffusion/ (new files included);
 2. the notebooks are clean: `nbdev-clean` changes nothing;
 3. every notebook has its Colab badge and install cell (tools/colab.py);
-4. README.md is in sync with nbs/index.ipynb (tools/make_readme.py).
+4. README.md is in sync with nbs/index.ipynb (tools/make_readme.py);
+5. no notebook has a saved error output (a reader would see a traceback where the chapter's result belongs).
 Each failure is one line naming the files and the command that fixes them (`make export`)."""
 import filecmp, os, shutil, subprocess, sys, tempfile
 from pathlib import Path
-from nbtools import ROOT
+from nbtools import ROOT, read_nb
 
 BIN = Path(sys.executable).parent
 
@@ -43,6 +44,14 @@ def scratch():
         shutil.copy2(ROOT / f, d / f)
     return d
 
+def saved_errors(root=ROOT):
+    "'notebook cell N: ErrorName' for every saved error output in nbs/."
+    out = []
+    for nb in sorted((Path(root) / "nbs").glob("*.ipynb")):
+        for i, cell in enumerate(read_nb(nb)["cells"]):
+            out += [f"{nb.name} cell {i}: {o.get('ename')}" for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+    return out
+
 def main():
     failures = []
     d = scratch()
@@ -59,6 +68,8 @@ def main():
     import colab, make_readme
     if colab.main(check=True): failures.append("Colab cells out of step")
     if make_readme.main(check=True): failures.append("README.md out of step")
+    if (errors := saved_errors()):
+        failures.append(f"saved error outputs ({'; '.join(errors[:5])}) -- run those chapters for real and save")
     for f in failures: print(f"sync check failed: {f}")
     if failures: return 1
     print("sync check: export, clean notebooks, Colab cells and README are in step")
