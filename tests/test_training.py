@@ -283,3 +283,73 @@ def test_posterior_coefficients_give_the_elbo_weight():
     snr_prev = f.alphas_cumprod_prev[t] / (1 - f.alphas_cumprod_prev[t])
     expected = 0.5 * (snr_prev - f.snr[t]) * (x0 - x0_hat).pow(2).flatten(1).sum(1)
     assert torch.allclose(kl, expected, rtol=1e-5)       # float32 coefficients: measured within 1e-6
+
+
+def test_lr_decays_along_a_cosine():
+    "A quarter, half and three quarters of the way from peak to floor: η_min + ½(η − η_min)(1 + cos πp)."
+    import math
+    from face_diffusion.training import lr_at
+    for p in (0.25, 0.5, 0.75):
+        expected = 1e-4 + 0.5 * (1e-3 - 1e-4) * (1 + math.cos(math.pi * p))   # 0.868, 0.55, 0.232 × lr
+        assert lr_at(100 + round(900 * p), 1e-3, 1000, 100) == pytest.approx(expected, abs=1e-12)
+    assert lr_at(99, 1e-3, 1000, 100) == pytest.approx(1e-3) and lr_at(999, 1e-3, 1000, 100) == pytest.approx(1e-4, abs=1e-7)
+
+
+def test_ema_cap_and_no_warmup():
+    net = torch.nn.Linear(2, 2)
+    ema = EMA(net, decay=0.999)
+    for _ in range(1600): ema.update(net)
+    assert ema.current_decay == pytest.approx(1601 / 1610)   # the chapter's run never reaches 0.999
+    plain = EMA(net, decay=0.999, warmup=False)
+    before = plain.module.weight.clone()
+    with torch.no_grad(): net.weight.add_(1.0)
+    plain.update(net)
+    assert torch.allclose(plain.module.weight, 0.999 * before + 0.001 * net.weight)
+
+
+def test_exact_targets_score_zero_against_their_written_formulas():
+    "The oracle's target is written out here (not taken from model_target), so a slip in model_target fails."
+    sched = NoiseSchedule('cosine', 1000)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(6, 3, 8, 8, generator=g) * 2 - 1
+    eps = torch.randn(x0.shape, generator=g)
+    t = torch.tensor([0, 50, 200, 500, 800, 999])
+    ab = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
+    written = {'eps': eps, 'x0': x0, 'v': ab.sqrt() * eps - (1 - ab).sqrt() * x0}   # v = √ᾱ ε − √(1−ᾱ) x_0
+    for objective, target in written.items():
+        for loss in ('l2', 'l1', 'huber'):
+            model = lambda x_t, tt, target=target: target
+            assert diffusion_loss(model, sched, x0, objective, loss, t=t, noise=eps).item() < 1e-6, (objective, loss)
+
+
+def test_ddim_preview_follows_the_exact_gaussian_path():
+    "For N(μ, s²) data the ideal denoiser is linear, so the whole deterministic path is known; a broken update fails."
+    import inspect
+    from unittest import mock
+    from face_diffusion import training
+    from face_diffusion.forward import velocity, predict_noise_from_start, extract
+    sched = NoiseSchedule('cosine', 1000)
+    mu, s = 0.1, 0.15
+    def ideal_v(x_t, t):
+        ab = extract(sched.alphas_cumprod, t, x_t.shape)
+        x0 = mu + ab.sqrt() * s ** 2 / (ab * s ** 2 + 1 - ab) * (x_t - ab.sqrt() * mu)         # E[x_0|x_t]
+        return velocity(sched, x0, predict_noise_from_start(sched, x_t, t, x0), t)
+    def exact(x_T, steps=10):
+        abar, x = sched.f64.alphas_cumprod, x_T.double()
+        ts = [round(999 - k * 999 / (steps - 1)) for k in range(steps)]
+        for k, t in enumerate(ts):
+            ab = abar[t]
+            ab_next = abar[ts[k + 1]] if k + 1 < steps else torch.tensor(1.0, dtype=torch.float64)
+            x0 = mu + ab.sqrt() * s ** 2 / (ab * s ** 2 + 1 - ab) * (x - ab.sqrt() * mu)
+            eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
+            x = ab_next.sqrt() * x0 + (1 - ab_next).sqrt() * eps              # x_{t'} = √ᾱ' x̂_0 + √(1−ᾱ') ε̂
+        return x.float()
+    def miss():
+        out = training.ddim_preview(ideal_v, sched, 'v', 32, 8, steps=10, generator=torch.Generator().manual_seed(0))
+        return (out - exact(torch.randn((32, 3, 8, 8), generator=torch.Generator().manual_seed(0)))).abs().max().item()
+    assert miss() < 1e-4                                                      # measured: about 5e-6
+    true_update = training.ddim_update
+    def halve_and_noise(x0_hat, eps_hat, ab_next):
+        return x0_hat if bool(ab_next == 1) else 0.5 * true_update(x0_hat, eps_hat, ab_next) + torch.randn_like(x0_hat)
+    with mock.patch.dict(inspect.unwrap(training.ddim_preview).__globals__, ddim_update=halve_and_noise):
+        assert miss() > 0.1
