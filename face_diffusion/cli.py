@@ -234,6 +234,7 @@ def add_demo(sub):
     p.add_argument('--minutes', default=10.0, type=number(0.01), metavar='M', help='training time in minutes (default: 10)')
     p.add_argument('--out-dir', default='demo_out', metavar='DIR', help='output folder (default: demo_out)')
     p.add_argument('--seed', default=0, type=whole(0), metavar='S', help='random seed, a whole number ≥ 0 (default: 0)')
+    p.add_argument('--n', default=64, type=whole(1, 1024), metavar='N', help='faces in each grid, 1 to 1024 (default: 64)')
     p.add_argument('--device', default=None, metavar='D', help="'cpu', 'cuda', … (default: cuda if available)")
     p.add_argument('--overwrite', action='store_true', help='replace an earlier demo run in OUT_DIR/run')
     p.set_defaults(run=run_demo)
@@ -246,9 +247,9 @@ def run_demo(args):
     device = resolve_device(args.device)
     if (pretrained_dir() / 'config.json').is_file():                 # 1. faces before any training
         t0 = time.perf_counter()
-        faces = sample_run(load_run(pretrained_dir(), device=device), 64, 'dpm++', seed=args.seed)
+        faces = sample_run(load_run(pretrained_dir(), device=device), args.n, 'dpm++', seed=args.seed)
         path = save_grid(faces.cpu(), out_dir / 'pretrained_samples.png')
-        print(f"1. bundled model: 64 faces in {time.perf_counter() - t0:.1f} s -> {path.resolve()}")
+        print(f"1. bundled model: {args.n} faces in {time.perf_counter() - t0:.1f} s -> {path.resolve()}")
     plan = recipe_for(device)                                         # 2. how much training fits here
     unet = UNetConfig.preset(plan['model'], image_size=plan['size'])
     precision, ips = fastest_precision(unet, plan['batch'], device, seconds=min(4.0, args.minutes * 3))
@@ -265,7 +266,7 @@ def run_demo(args):
     trainer.fit()
     run = load_run(run_dir, device=device)                            # 4. grid and GIF from the fresh model
     record = TrajectoryRecorder()
-    faces = sample_run(run, 64, 'dpm++', seed=args.seed, callback=record)
+    faces = sample_run(run, args.n, 'dpm++', seed=args.seed, callback=record)
     grid = save_grid(faces.cpu(), out_dir / 'samples.png')
     gif = save_denoising_gif(first_faces(record.trajectory(faces)), out_dir / 'denoising.gif')
     print(f"4. freshly trained model: samples {grid.resolve()}\n   denoising GIF {Path(gif).resolve()}\n"

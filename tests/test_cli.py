@@ -86,12 +86,13 @@ def run_main(*args):
 def test_demo_trains_and_samples(tmp_path, monkeypatch):
     "The main job end to end, with a training budget of about a second (the real demo trains for 10 minutes)."
     monkeypatch.chdir(tmp_path)
-    code, out, err = run_main('demo', '--minutes', '0.02', '--device', 'cpu')
+    code, out, err = run_main('demo', '--minutes', '0.02', '--device', 'cpu', '--n', '4')   # 4 faces per grid: seconds
     assert code == 0, err
     demo = tmp_path / 'demo_out'
-    for name in ['samples.png', 'denoising.gif', 'run/config.json', 'run/ema.safetensors']:
+    for name in ['pretrained_samples.png', 'samples.png', 'denoising.gif', 'run/config.json', 'run/ema.safetensors']:
         assert (demo / name).is_file(), (name, out)
-    assert Image.open(demo / 'samples.png').size == (2 + 8 * 34, 2 + 8 * 34)       # 64 faces of 32 px
+    for name in ('pretrained_samples.png', 'samples.png'):
+        assert Image.open(demo / name).size == (2 + 2 * 34, 2 + 2 * 34)             # 4 faces of 32 px
     assert 'training images/s' in out
     code, _, err = run_main('demo', '--minutes', '0.02')                          # an earlier run is kept
     assert code == 2 and 'pass --overwrite' in err and len(err.strip().splitlines()) == 1
