@@ -7,7 +7,8 @@ import torch
 
 from face_diffusion.data import synthetic_faces, to_float
 from face_diffusion.metrics import (INCEPTION_WEIGHTS_FILE, fid, frechet_distance, inception_weights_path,
-                                    laplacian_pyramid, nearest_neighbours, sliced_wasserstein, swd_floor, swd_multiple)
+                                    laplacian_pyramid, nearest_neighbours, sliced_wasserstein, sliced_wasserstein_points,
+                                    swd_floor, swd_multiple)
 
 
 FAST = dict(patches_per_image=16, n_directions=64)   # small settings: tests check behaviour, not precision
@@ -28,6 +29,22 @@ def test_swd_is_seeded_and_accepts_uint8_or_float(faces):
     assert list(a.levels) == [32, 16]
     one_face = ref[:1].expand(8, -1, -1, -1)                 # every patch drawn is the same in both sets
     assert sliced_wasserstein(one_face, one_face.clone()).mean == 0
+
+
+def test_pyramid_of_a_flat_image_has_no_detail():
+    "Band-pass levels ≈ 0 and a flat residual: fails for an `up` that loses brightness, which still rebuilds exactly."
+    levels = laplacian_pyramid(torch.full((2, 3, 64, 64), -0.4), min_size=8)
+    assert [l.shape[-1] for l in levels] == [64, 32, 16, 8]
+    assert all(l.abs().max() < 1e-5 for l in levels[:-1])
+    assert torch.allclose(levels[-1], torch.full_like(levels[-1], -0.4), atol=1e-5)
+
+
+def test_swd_does_not_depend_on_the_order_of_the_points():
+    "A version that forgets to sort passes the self-distance and shift checks, but not this one."
+    g = torch.Generator().manual_seed(0)
+    cloud = torch.randn(500, 7, generator=g)
+    assert sliced_wasserstein_points(cloud, cloud[torch.randperm(500, generator=g)], generator=g) < 1e-6
+    assert sliced_wasserstein_points(cloud, cloud + 1.0, generator=g) > 0.1
 
 
 def test_swd_multiple_separates_real_from_corrupted(faces):

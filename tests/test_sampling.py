@@ -446,7 +446,11 @@ def test_gif_and_slider(tmp_path):
     pics, labels, ts = trajectory_frames(traj, 20, nrow=2)
     assert pics.dtype == torch.uint8 and pics.shape[:3] == (len(idx), 2, 3) and labels[-1] == 'result'
     path = save_denoising_gif(traj, tmp_path / 'd.gif', frames=20, nrow=2, scale=1)
-    with Image.open(path) as gif: assert gif.n_frames == len(idx)
+    expected = len({round((len(traj) - 1) * (1 - (1 - j / 19) ** 2)) for j in range(20)})   # i = (K−1)(1 − (1−u)²), repeats merged
+    assert len(idx) == expected
+    with Image.open(path) as gif:
+        assert gif.n_frames == expected
+        gif.seek(expected - 1); assert gif.info.get('duration') == 1500   # the result, held
     box = reverse_slider(traj, nrow=2, frames=20)
     assert list(box.slider.options) == ts and len(box.images) == 2
 
@@ -493,6 +497,16 @@ def test_slerp_keeps_the_norm():
     a, b = torch.randn(2, 1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(slerp(a, b, 0.0), a, atol=1e-5) and torch.allclose(slerp(a, b, 1.0), b, atol=1e-5)
     assert abs(slerp(a, b, 0.5).norm() / a.norm() - 1) < 0.05
+
+
+def test_slerp_turns_at_a_constant_rate():
+    "∠(a, x_w) = wθ and ∠(x_w, b) = (1 − w)θ: a normalised straight line or a hard switch fails this (chapter 06 shows both)."
+    a, b = torch.randn(2, 1, 3, 32, 32, generator=torch.Generator().manual_seed(11))
+    angle = lambda u, v: torch.arccos(((u.flatten() @ v.flatten()) / (u.norm() * v.norm())).clamp(-1, 1)).item()
+    theta = angle(a, b)
+    for w in (0.1, 0.25, 0.5, 0.75, 0.9):
+        x = slerp(a, b, w)
+        assert abs(angle(a, x) - w * theta) < 0.01 and abs(angle(x, b) - (1 - w) * theta) < 0.01, w
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
@@ -635,3 +649,22 @@ def test_imports_without_ipywidgets_or_matplotlib():
     "The sampling code imports (so the command line samples) without the drawing libraries."
     out = subprocess.run([sys.executable, '-c', BLOCK_DRAWING], capture_output=True, text=True)
     assert out.returncode == 0 and 'imported' in out.stdout, out.stderr[-2000:]
+
+
+def test_gaussian_oracle_is_the_best_linear_guess():
+    "Its MSE is Var(x_0|x_t) in closed form, and the least-squares scale of its correction is 1; a gain 8% off fails."
+    schedule = NoiseSchedule('linear', T)
+    mu, sd, t, n = 0.2, 0.5, 400, 4096
+    g = torch.Generator().manual_seed(0)
+    x0 = mu + sd * torch.randn(n, 3, 8, 8, generator=g)
+    ab = schedule.f64.alphas_cumprod[t].item()
+    x_t = ab ** 0.5 * x0 + (1 - ab) ** 0.5 * torch.randn(x0.shape, generator=g)
+    oracle = GaussianOracle(schedule, 'x0', mu, sd)
+    def scale(denoiser):
+        c = (denoiser(x_t, torch.full((n,), t)) - mu).double().flatten()
+        r = (x0 - mu).double().flatten() - c
+        return (1 + c @ r / (c @ c)).item(), ((c * r).pow(2).sum().sqrt() / (c @ c)).item(), r.pow(2).mean().item()
+    k, se, mse = scale(oracle)
+    assert abs(k - 1) < 5 * se and mse == pytest.approx(sd ** 2 * (1 - ab) / (ab * sd ** 2 + 1 - ab), rel=0.01)
+    k_bad, se_bad, _ = scale(lambda x, tt: mu + 1.08 * (oracle(x, tt) - mu))
+    assert abs(k_bad - 1) > 5 * se_bad
