@@ -5,13 +5,14 @@ for a wall-clock budget, sample, and score the samples by patch SWD as a multipl
     python -m bench.cpu_recipe list                                                   # the recipes, one line each
     OMP_NUM_THREADS=1 python -m bench.cpu_recipe train v-bf16-minsnr5 --minutes 10    # one row of the recipe table
     python -m bench.cpu_recipe score face_diffusion/pretrained --n 1024 --floors 2    # a run's quality figures
+    python -m bench.cpu_recipe score face_diffusion/pretrained --sampler ddim --spacing trailing --seeds 3
 """
 import argparse, json, time
 from pathlib import Path
 
 from face_diffusion.data import synthetic_faces
 from face_diffusion.metrics import nearest_neighbours, swd_multiple
-from face_diffusion.sampling import SAMPLERS, sample_run
+from face_diffusion.sampling import SAMPLERS, SPACINGS, sample_run
 from face_diffusion.runs import load_run
 from face_diffusion.training import Trainer, TrainConfig, measure_train_speed
 from face_diffusion.unet import UNetConfig
@@ -33,7 +34,7 @@ RECIPES = {   # name: TrainConfig fields, plus 'unet' (changes to the cpu32 pres
 }
 REFERENCE_SEED, HELDOUT_SEED, FRESH_SEED = 1000, 2000, 3000     # held-out synthetic faces; training uses seed 0
 
-def score(run, n: int, sampler: str = 'dpm++', steps: int = 50, floors: int = 4, seeds: int = 1) -> dict:
+def score(run, n: int, sampler: str = 'dpm++', steps: int = 50, floors: int = 4, seeds: int = 1, spacing=None) -> dict:
     """SWD × floor of n samples against held-out faces (floor averaged over `floors` draws), with a real-face control;
     with seeds > 1, the mean over sampling seeds 1 … seeds (one seed's n samples vary the multiple by about ±10%)."""
     size = run.image_size
@@ -43,11 +44,11 @@ def score(run, n: int, sampler: str = 'dpm++', steps: int = 50, floors: int = 4,
     train = synthetic_faces(20_000, size=size, seed=0)[0]
     per_seed, t0 = [], time.perf_counter()
     for seed in range(1, seeds + 1):
-        samples = sample_run(run, n, sampler, steps=steps, seed=seed)
+        samples = sample_run(run, n, sampler, steps=steps, seed=seed, spacing=spacing)
         per_seed.append(swd_multiple(samples, reference, heldout, n=n, per_level=True))
     sampling_s = (time.perf_counter() - t0) / seeds
     levels = {f'{k}px': round(sum(m.levels[k] for m in per_seed) / seeds, 2) for k in per_seed[0].levels}
-    return dict(n=n, sampler=sampler, steps=steps, seeds=seeds, sampling_and_swd_s=round(sampling_s, 1),
+    return dict(n=n, sampler=sampler, steps=steps, spacing=spacing or 'default', seeds=seeds, sampling_and_swd_s=round(sampling_s, 1),
                 swd_multiple=round(sum(m.mean for m in per_seed) / seeds, 2), by_seed=[round(m.mean, 2) for m in per_seed],
                 by_level=levels, real_faces_control=round(float(swd_multiple(fresh, reference, heldout, n=n)), 2),
                 copied_fraction=round(float(nearest_neighbours(samples[:256], train).copied.float().mean()), 3))
@@ -84,12 +85,13 @@ def main(argv=None):
         q.add_argument('--steps', type=int, default=50, help='sampling steps (default 50)')
         q.add_argument('--floors', type=int, default=4, help='held-out draws averaged for the floor (default 4)')
         q.add_argument('--seeds', type=int, default=1, help='average over sampling seeds 1 … SEEDS (default 1)')
+        q.add_argument('--spacing', choices=SPACINGS, default=None, help="timestep spacing (default: the sampler's own)")
     args = p.parse_args(argv)
     if args.command == 'list':
         for name, recipe in RECIPES.items(): print(f"{name:<26} {recipe}")
         return
     run_dir = train(args.recipe, args.minutes, args.out) if args.command == 'train' else args.run
-    print(json.dumps(dict(run=str(run_dir), **score(load_run(run_dir), args.n, args.sampler, args.steps, args.floors, args.seeds))))
+    print(json.dumps(dict(run=str(run_dir), **score(load_run(run_dir), args.n, args.sampler, args.steps, args.floors, args.seeds, args.spacing))))
 
 if __name__ == '__main__':
     main()
