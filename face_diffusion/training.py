@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['LOSSES', 'PRECISIONS', 'RECIPES', 'min_snr_weight', 'diffusion_loss', 'loss_by_timestep', 'EMA', 'lr_at',
            'resolve_device', 'gpu_has_bf16', 'resolve_precision', 'autocast', 'TrainConfig', 'steps_per_epoch',
-           'ddim_preview', 'NonFiniteLossError', 'Trainer', 'measure_train_speed', 'fastest_precision', 'recipe_for',
-           'plot_loss', 'show_progress']
+           'ddim_preview', 'NonFiniteLossError', 'StopRequests', 'Trainer', 'measure_train_speed', 'fastest_precision',
+           'recipe_for', 'plot_loss', 'show_progress']
 
 # %% ../nbs/04_training.ipynb #5a7b5d3c
 import copy, json, math, os, random, signal, threading, time
@@ -265,6 +265,26 @@ def _as_uint8_images(images) -> torch.Tensor:
     if len(images) == 0: raise ValueError("no training images: the data set is empty")
     return images
 
+# %% ../nbs/04_training.ipynb #fbc75c27
+class StopRequests:
+    """While active (a `with` block in the main thread), SIGINT and SIGTERM only record a request in `signum`; the loop
+    finishes its step, saves and stops. A second signal stops at once (KeyboardInterrupt)."""
+    def __init__(self): self.signum, self._old = None, {}
+
+    def _request(self, signum, frame):
+        if self.signum is not None: raise KeyboardInterrupt             # asked twice: stop now
+        self.signum = signum                                            # finish this step, save, then stop
+
+    def __enter__(self):
+        self.signum = None
+        if threading.current_thread() is threading.main_thread():      # Python delivers signals to the main thread only
+            for s in (signal.SIGINT, signal.SIGTERM): self._old[s] = signal.signal(s, self._request)
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items(): signal.signal(s, h)
+        self._old = {}
+
 # %% ../nbs/04_training.ipynb #d4540898
 class Trainer:
     """Trains a U-Net on uint8 images into a run folder (chapter 04a): checkpoints, log, sample grids; resumes exactly.
@@ -299,7 +319,7 @@ class Trainer:
         self.images = images.to(self.device)                # decoded once, kept as uint8 where the model is
         self.gen = torch.Generator(self.device).manual_seed(tc.seed)   # batches, flips, t and ε
         self.step, self.images_seen, self.last_checkpoint, self.history = 0, 0, None, []
-        self._stop_signal, self._paused = None, 0.0                     # a pending Ctrl-C; seconds spent off the clock
+        self.stop_requests, self._paused = StopRequests(), 0.0          # Ctrl-C / SIGTERM; seconds spent off the clock
         self._t_mark, self._seen_mark = time.perf_counter(), 0          # where the throughput is measured from
         self._step_t = torch.zeros((), dtype=torch.long, device=self.device)         # device-side step counter
         self._first_bad = torch.full((), -1, dtype=torch.long, device=self.device)   # first non-finite step, or −1
@@ -401,24 +421,21 @@ class Trainer:
         self.model.train()
         self._step_t.fill_(self.step); self._first_bad.fill_(-1)
         self._t_mark, self._seen_mark, self._paused = time.perf_counter(), self.images_seen, 0.0
-        with self.lock:
-            old_handlers = self._install_handlers()
+        with self.lock, self.stop_requests:
             bar = tqdm(total=tc.steps, initial=self.step, desc=self.run_dir.name, disable=not self.progress,
                        dynamic_ncols=True, smoothing=0.1)
             try: self._loop(end, bar)
             except KeyboardInterrupt:                                   # also raised outside our handler (not main thread)
-                if self._stop_signal is None: self._save_on_interrupt()
+                if self.stop_requests.signum is None: self._save_on_interrupt()
                 raise
-            finally:
-                bar.close()
-                self._restore_handlers(old_handlers)
+            finally: bar.close()
         return self
 
     def _loop(self, end: int, bar):
         tc = self.train_config
         loss_sum, n_sum, saved_at, sampled_at = 0.0, 0, None, None
         while self.step < end:
-            if self._stop_signal is not None: self._stop(self._stop_signal)
+            if self.stop_requests.signum is not None: self._stop(self.stop_requests.signum)
             loss_sum = loss_sum + self.train_step()
             n_sum += 1
             bar.update(1)
@@ -429,21 +446,6 @@ class Trainer:
             if self.step % tc.save_every == 0: self.save_checkpoint(); saved_at = self.step
         if saved_at != self.step: self.save_checkpoint()
         if sampled_at != self.step and self.step == tc.steps: self.sample_grid()
-
-    def _install_handlers(self):
-        if threading.current_thread() is not threading.main_thread(): return {}
-        self._stop_signal = None
-        def handler(signum, frame):
-            if self._stop_signal is not None: raise KeyboardInterrupt   # asked twice: stop now
-            self._stop_signal = signum                                  # finish this step, save, then stop
-        old = {}
-        for s in (signal.SIGINT, signal.SIGTERM):
-            old[s] = signal.getsignal(s)
-            signal.signal(s, handler)
-        return old
-
-    def _restore_handlers(self, old):
-        for s, h in old.items(): signal.signal(s, h)
 
     def _stop(self, signum):
         path = self._save_on_interrupt()
