@@ -23,7 +23,7 @@ demo: $(STAMP)
 test: $(STAMP) browser-deps
 	$(BIN)/python tools/check_sync.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/nbdev-test --n-workers 2 --timing
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q tests
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -n 2 tests
 
 browser-deps:
 	@bash tools/setup_browser.sh
@@ -40,7 +40,7 @@ nbtest: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/nbdev-test --n-workers 2 --timing
 
 pytest: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q tests
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -n 2 tests
 
 ## Speed against the anchors (bench/README.md): a tiny CPU smoke run here; pass ARGS for a GPU run.
 bench: $(STAMP)
