@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from safetensors import safe_open
 from safetensors.torch import save_file, load_file
 
 from .data import FaceFolder, synthetic_faces

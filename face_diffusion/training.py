@@ -10,7 +10,7 @@ __all__ = ['LOSSES', 'PRECISIONS', 'RECIPES', 'min_snr_weight', 'diffusion_loss'
 
 # %% ../nbs/04_training.ipynb #5a7b5d3c
 import copy, json, math, os, random, signal, threading, time
-from dataclasses import dataclass, field, asdict, fields
+from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 
 import numpy as np
