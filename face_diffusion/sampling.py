@@ -413,12 +413,13 @@ def _run_shape(run) -> tuple:
 
 def sample_run(run, n: int, sampler: str = 'dpm++', steps=None, eta: float = 0.0, seed: int = 0, spacing=None, cond=None,
                callback=None, device=None, progress: bool = False, clip_x0: bool = True, variance: str = 'posterior',
-               stop_noise_after=None):
+               stop_noise_after=None, model=None):
     """Sample `n` images (float in [−1, 1]) from a trained run (what `load_run` returns), reproducibly from `seed`:
-    DPM-Solver++(2M), 50 steps, unless `sampler` and `steps` say otherwise. `cond` goes to the model, `callback` to `sample`."""
+    DPM-Solver++(2M), 50 steps, unless `sampler` and `steps` say otherwise. `cond` goes to the model, `callback` to `sample`;
+    `model` replaces `run.model` (e.g. the guided model of chapter 10, which wraps it)."""
     smp = make_sampler(sampler, run.schedule, run.objective, steps, eta, spacing, variance, clip_x0)
     channels, size = _run_shape(run)
     gen = torch.Generator().manual_seed(seed)                                  # CPU generator: same noise on any device
-    x = sample(run.model, smp, n, size, channels=channels, generator=gen, device=device, cond=cond, callback=callback,
+    x = sample(run.model if model is None else model, smp, n, size, channels=channels, generator=gen, device=device, cond=cond, callback=callback,
                stop_noise_after=stop_noise_after, progress=progress)
     return x.clamp(-1, 1)

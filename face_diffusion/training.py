@@ -39,15 +39,16 @@ def min_snr_weight(schedule, t, objective: str, gamma: float) -> torch.Tensor:
     return snr.clamp(max=gamma) / (snr + 1)                                # w = min(SNR, γ)/(SNR + 1)
 
 def diffusion_loss(model, schedule, x0, objective: str = 'eps', loss: str = 'l2', min_snr_gamma: float | None = None,
-                   generator=None, t=None, noise=None, huber_delta: float = 0.1, reduction: str = 'mean'):
-    "Noise x_0 to a random x_t, ask `model` for the `objective` (ε, x_0 or v) and score it with L2, L1 or Huber."
+                   generator=None, t=None, noise=None, huber_delta: float = 0.1, reduction: str = 'mean', cond=None):
+    """Noise x_0 to a random x_t, ask `model` (told `cond`, if given) for the `objective` (ε, x_0 or v) and score it
+    with L2, L1 or Huber."""
     check_choice(objective, OBJECTIVES, 'objective'); check_choice(loss, LOSSES, 'loss')
     n = x0.shape[0]
     if t is None: t = torch.randint(0, schedule.T, (n,), generator=generator, device=x0.device)   # t ~ U{0 … T−1}
     if noise is None: noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)  # ε ~ N(0, I)
     x_t = q_sample(schedule, x0, t, noise=noise)                           # x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε
     target = model_target(schedule, objective, x0, noise, t)               # ε, x_0 or v = √ᾱ ε − √(1−ᾱ) x_0
-    out = model(x_t, t).float()                                            # score in float32, even under autocast
+    out = (model(x_t, t) if cond is None else model(x_t, t, cond)).float()  # score in float32, even under autocast
     if loss == 'l2': per_pixel = (out - target).square()                   # (ŷ − y)²
     elif loss == 'l1': per_pixel = (out - target).abs()                    # |ŷ − y|
     else: per_pixel = F.huber_loss(out, target, reduction='none', delta=huber_delta)  # ½e² if |e|≤δ else δ(|e|−½δ)
@@ -219,14 +220,15 @@ def steps_per_epoch(n_images: int, batch_size: int, grad_accum: int = 1) -> int:
 # %% ../nbs/04_training.ipynb #9b4db0dd
 @torch.no_grad()
 def ddim_preview(model, schedule, objective: str, n: int, image_size: int, channels: int = 3, steps: int = 25,
-                 generator=None) -> torch.Tensor:
+                 generator=None, cond=None) -> torch.Tensor:
     "A minimal deterministic DDIM (η = 0) for progress grids: `steps` jumps from pure noise to images in [-1, 1]."
     device = schedule.device
     x = torch.randn((n, channels, image_size, image_size), generator=generator, device=device)   # x_T ~ N(0, I)
     ts = torch.linspace(schedule.T - 1, 0, steps, device=device).round().long()
     for i, t in enumerate(ts):
         tt = t.expand(n)
-        x0_hat, _ = split_prediction(schedule, objective, x, tt, model(x, tt).float())
+        out = model(x, tt) if cond is None else model(x, tt, cond)
+        x0_hat, _ = split_prediction(schedule, objective, x, tt, out.float())
         x0_hat = x0_hat.clamp(-1, 1)
         eps_hat = predict_noise_from_start(schedule, x, tt, x0_hat)                # ε̂ consistent with the clipped x̂_0
         ab_next = schedule.alphas_cumprod[ts[i + 1]] if i + 1 < steps else x.new_tensor(1.0)
@@ -288,9 +290,13 @@ class StopRequests:
 # %% ../nbs/04_training.ipynb #d4540898
 class Trainer:
     """Trains a U-Net on uint8 images into a run folder (chapter 04a): checkpoints, log, sample grids; resumes exactly.
-    `data` is a `DataSource` (recorded, so a resume reloads the same images) or uint8 images (N×C×H×W, or a dataset)."""
+    `data` is a `DataSource` (recorded, so a resume reloads the same images) or uint8 images (N×C×H×W, or a dataset).
+    `condition`, for a conditioned U-Net (chapter 10), is an object with `check(unet_config, images)` (refuse what
+    does not fit), `batch(index, x0, generator) -> Condition` (the condition of the training images `index`, whose
+    float pixels are `x0`, with its dropout drawn from `generator`), `preview(n) -> Condition` (for sample grids)
+    and `to_dict()` (recorded in config.json, and compared on resume)."""
     def __init__(self, unet_config, train_config, data, run_dir, overwrite: bool = False, device=None,
-                 sample_fn=None, progress: bool = True, resume_from=None):
+                 sample_fn=None, progress: bool = True, resume_from=None, condition=None):
         self.unet_config = unet_config if isinstance(unet_config, UNetConfig) else (
             UNetConfig.preset(unet_config) if isinstance(unet_config, str) else UNetConfig.from_dict(unet_config))
         tc = train_config if isinstance(train_config, TrainConfig) else TrainConfig.from_dict(train_config or {})
@@ -301,10 +307,16 @@ class Trainer:
         self.channels_last = on_gpu if tc.channels_last is None else tc.channels_last
         self.use_compile = on_gpu if tc.compile is None else tc.compile
         self.data, images = self._data(data)
+        self.condition = condition
+        if condition is not None: condition.check(self.unet_config, images)
+        elif self.unet_config.conditions:
+            raise ValueError(f"this U-Net takes a condition ({', '.join(self.unet_config.conditions)}) but none was given; "
+                             f"pass condition= (chapter 10), or build the U-Net without cond_* settings")
         schedule = NoiseSchedule(tc.schedule, tc.T)
         self.config = {'format': RUN_MARKER, 'format_version': RUN_FORMAT_VERSION, 'unet': self.unet_config.to_dict(),
                        'schedule': schedule.config(), 'objective': tc.objective, 'image_size': self.unet_config.image_size,
-                       'train': tc.to_dict(), 'data': self.data.to_dict(), 'world_size': 1}
+                       'train': tc.to_dict(), 'data': self.data.to_dict(), 'world_size': 1,
+                       'condition': condition.to_dict() if condition is not None else None}
         self.lock = RunLock(make_folder(self.run_dir))
         with self.lock: self._prepare_run_dir(overwrite, resume_from)
 
@@ -346,8 +358,12 @@ class Trainer:
         if resume_from is None:
             prepare_run_dir(d, overwrite, keep=[self.data.path] if self.data.path else [])
         else:
-            diff = config_difference(read_config(d), self.config)
+            saved = read_config(d)
+            diff = config_difference(saved, self.config)
             if diff: raise ValueError(f"run folder {d} holds a different model ({diff}); resume it with its own settings")
+            if saved.get('condition') != self.config['condition']:
+                raise ValueError(f"run folder {d} was trained with another condition ({config_difference(saved, self.config, ('condition',))}); "
+                                 f"resume it with the labels it was trained on")
             for name in remove_temporaries(d): print(f"removed {d / name}, left by an interrupted save")
             for name in set_aside_newer(d, checkpoint_step(resume_from)): print(f"kept the damaged checkpoint {name} as {name}.damaged")
         write_json(d / 'config.json', self.config)                     # a resume may lengthen the run
@@ -355,11 +371,16 @@ class Trainer:
                                                                   self.train_config.T), self.train_config.objective))
 
     @classmethod
-    def resume(cls, run_dir, images=None, extra_steps: int | None = None, device=None, sample_fn=None, progress=True):
+    def resume(cls, run_dir, images=None, extra_steps: int | None = None, device=None, sample_fn=None, progress=True,
+               condition=None):
         """Continue the run in `run_dir` from its newest intact checkpoint (`extra_steps` more than it has done, if given).
         The images come from the data source recorded in the run; `images` are needed only for a run trained on images
-        given in Python, and must be the same ones."""
+        given in Python, and must be the same ones. A conditioned run also needs its `condition` (chapter 10's
+        `resume_conditioned` rebuilds it from the run)."""
         cfg = read_config(run_dir)
+        if cfg.get('condition') and condition is None:
+            raise ValueError(f"{run_dir} is conditioned ({cfg['condition'].get('kind')}); resume it with "
+                             f"face_diffusion.conditioning.resume_conditioned(run_dir) or the command line")
         if 'data' not in cfg: raise ValueError(f"{run_dir} was written by an older face_diffusion without a data record; "
                                                f"resume it with that version or start a new run")
         source = DataSource.from_dict(cfg['data'])
@@ -369,7 +390,8 @@ class Trainer:
         path = latest_intact_checkpoint(run_dir)
         tc = TrainConfig.from_dict(cfg['train'])
         if extra_steps is not None: tc.steps = checkpoint_step(path) + extra_steps
-        return cls(cfg['unet'], tc, data, run_dir, device=device, sample_fn=sample_fn, progress=progress, resume_from=path)
+        return cls(cfg['unet'], tc, data, run_dir, device=device, sample_fn=sample_fn, progress=progress, resume_from=path,
+                   condition=condition)
 
     def _make_optimizer(self):
         tc = self.train_config
@@ -378,13 +400,14 @@ class Trainer:
         except (RuntimeError, ValueError, TypeError): return torch.optim.AdamW(self.model.parameters(), **kw)
 
     # ---- one step -------------------------------------------------------------------------------------------
-    def _batch(self) -> torch.Tensor:
+    def _batch(self) -> tuple:
+        "(x_0 in [-1, 1], the indices of its training images)."
         tc = self.train_config
         idx = torch.randint(len(self.images), (tc.batch_size,), generator=self.gen, device=self.device)
         x = self.images[idx]                                            # uint8 batch, never leaves the device
         if tc.flip: x = random_flip(x, generator=self.gen)
         x = to_float(x)                                                 # [0, 255] → [-1, 1]
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        return (x.contiguous(memory_format=torch.channels_last) if self.channels_last else x), idx
 
     def train_step(self) -> torch.Tensor:
         "One optimizer step (grad_accum micro-batches); returns the mean loss as a device tensor (no host sync)."
@@ -393,10 +416,11 @@ class Trainer:
         for group in self.optimizer.param_groups: group['lr'] = lr
         total = torch.zeros((), device=self.device)
         for _ in range(tc.grad_accum):
-            x0 = self._batch()
+            x0, idx = self._batch()
+            cond = self.condition.batch(idx, x0, self.gen) if self.condition is not None else None
             with autocast(self.precision, self.device):
                 loss = diffusion_loss(self.train_model, self.schedule, x0, tc.objective, tc.loss, tc.min_snr_gamma,
-                                      generator=self.gen, huber_delta=tc.huber_delta)
+                                      generator=self.gen, huber_delta=tc.huber_delta, cond=cond)
             self.scaler.scale(loss / tc.grad_accum).backward()
             total += loss.detach()
         if tc.grad_clip:
@@ -490,8 +514,9 @@ class Trainer:
         devices = [self.device] if self.device.type == 'cuda' else []
         with torch.random.fork_rng(devices=devices), autocast(self.precision, self.device):   # leave training RNG alone
             if self.sample_fn is not None: return self.sample_fn(self.ema.module, n, gen)
+            cond = self.condition.preview(n) if self.condition is not None else None
             return ddim_preview(self.ema.module, self.schedule, tc.objective, n, self.unet_config.image_size,
-                                self.unet_config.in_channels, tc.sample_steps, gen)
+                                self.unet_config.in_channels, tc.sample_steps, gen, cond)
 
     def sample_grid(self) -> Path:
         "Save a grid of EMA samples as samples/step_XXXXXX.png."

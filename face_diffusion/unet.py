@@ -63,10 +63,12 @@ class UNetConfig:
     cond_attributes: int = 0              # A: attributes per image, embedded and added to the time embedding; 0 = none
     cond_image_channels: int = 0          # C_c: channels of an image concatenated to x_t; 0 = none
     cond_levels: bool = False             # a number per image (an augmentation level) embedded like t
+    cond_groups: tuple = ()               # sizes of the attribute groups (one null each), summing to A; (): one group
 
     def __post_init__(self):
         self.channel_mults = tuple(int(m) for m in self.channel_mults)
         self.attention_resolutions = tuple(int(r) for r in self.attention_resolutions)
+        self.cond_groups = tuple(self.cond_groups)
         self.validate()
 
     @property
@@ -77,6 +79,10 @@ class UNetConfig:
     def resolutions(self) -> list[int]: return [self.image_size // 2 ** i for i in range(len(self.channel_mults))]
     @property
     def time_dim(self) -> int: return self.time_embed_dim or 4 * self.base_channels
+    @property
+    def attribute_groups(self) -> tuple[int, ...]:
+        "Sizes of the attribute groups (one null embedding each): `cond_groups`, or one group of all A attributes."
+        return self.cond_groups or ((self.cond_attributes,) if self.cond_attributes else ())
     @property
     def conditions(self) -> tuple[str, ...]:
         "The condition inputs this U-Net takes, by their `Condition` field names; () for an unconditioned one."
@@ -104,6 +110,10 @@ class UNetConfig:
                 raise ValueError(f"{name} must be a whole number ≥ 0 (0: no such input), got {v!r}")
         if not isinstance(self.cond_levels, bool):
             raise ValueError(f"cond_levels must be True or False, got {self.cond_levels!r}")
+        if self.cond_groups and (any(isinstance(g, bool) or not isinstance(g, int) or g < 1 for g in self.cond_groups)
+                                 or sum(self.cond_groups) != self.cond_attributes):
+            raise ValueError(f"cond_groups {self.cond_groups} must be whole numbers ≥ 1 that sum to cond_attributes = "
+                             f"{self.cond_attributes} (the sizes of the attribute groups), or () for one group")
         if self.kind == 'simple': return   # Ho and Zhu's network has no GroupNorm and no attention
         if bad := [r for r in self.attention_resolutions if r not in self.resolutions]:
             raise ValueError(f"attention_resolutions {bad} are not feature-map sides of this U-Net; "
@@ -117,7 +127,8 @@ class UNetConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        return {**d, 'channel_mults': list(self.channel_mults), 'attention_resolutions': list(self.attention_resolutions)}
+        return {**d, 'channel_mults': list(self.channel_mults), 'attention_resolutions': list(self.attention_resolutions),
+                'cond_groups': list(self.cond_groups)}
     def to_json(self, **kw) -> str: return json.dumps(self.to_dict(), **kw)
 
     @classmethod
@@ -351,11 +362,8 @@ class Condition:
         taken as timesteps.
     drop: N booleans, or one for the batch → these images get the learned null embedding n instead of W a
         (condition dropout in training; the unconditional pass of guidance). Without attributes, every image gets n.
-
-    Per-group nulls (for guidance on groups of attributes) keep this interface: `drop` may then be (N, G), one flag
-    per attribute group, read by an attribute embedding with G null vectors, e = Σ_g (drop_g ? n_g : W_g a_g) (since
-    W a = Σ_g W_g a_g); only that module, a drop-in for `AttributeEmbedding`, changes. The U-Net passes `drop` to it
-    unchecked beyond its first dimension."""
+        For a U-Net with attribute groups (`cond_groups`), `drop` may also be (N, G), one flag per group: group g
+        then adds its own null n_g instead of W_g a_g, so some attributes can be asked for and the rest left free."""
     attributes: torch.Tensor | None = None
     image: torch.Tensor | None = None
     level: torch.Tensor | float | None = None
@@ -427,27 +435,34 @@ def check_condition(config: UNetConfig, cond, x: torch.Tensor) -> Condition:
 
 # %% ../nbs/03_unet.ipynb #8cbeee07
 class AttributeEmbedding(nn.Module):
-    "a ↦ W a, and the learned null embedding n for the images flagged in `drop` (or for all when no attributes are given)."
-    def __init__(self, num_attributes: int, dim: int, zero_init: bool = True):
+    """a ↦ Σ_g (drop_g ? n_g : W_g a_g): the attributes split into G groups (`groups`: their sizes; one group by
+    default), each with its own learned null n_g. `drop` is (N,) (all groups) or (N, G); no attributes: Σ_g n_g."""
+    def __init__(self, num_attributes: int, dim: int, zero_init: bool = True, groups: tuple = ()):
         super().__init__()
-        self.proj = nn.Linear(num_attributes, dim, bias=False)                 # W: A → D
-        self.null = nn.Parameter(torch.randn(dim) * num_attributes ** -0.5)   # n
-        if zero_init: zero_module(self)                                        # starts as "no condition"
+        self.groups = tuple(groups) or (num_attributes,)
+        self.proj = nn.Linear(num_attributes, dim, bias=False)                                  # W = [W_1 … W_G]
+        self.null = nn.Parameter(torch.randn(len(self.groups), dim) * num_attributes ** -0.5)   # n_1 … n_G
+        if zero_init: zero_module(self)                                                         # starts as "no condition"
 
     def forward(self, attributes: torch.Tensor | None, drop: torch.Tensor | None, n: int) -> torch.Tensor:
-        if drop is not None and drop.shape != (n,):
-            raise ValueError(f"cond.drop must have shape ({n},), one flag per image, got {tuple(drop.shape)}")
-        null = self.null.expand(n, -1)
-        if attributes is None: return null                                      # unconditional: n for every image
-        wa = self.proj(attributes.to(self.proj.weight.dtype))                   # W a, (N, D)
-        return wa if drop is None else torch.where(drop[:, None], null, wa)    # drop_i ? n : W a_i
+        G = len(self.groups)
+        if drop is not None and drop.shape not in ((n,), (n, G)):
+            raise ValueError(f"cond.drop must have shape ({n},) (one flag per image) or ({n}, {G}) (one per image and "
+                             f"attribute group), got {tuple(drop.shape)}")
+        if attributes is None: return self.null.sum(0).expand(n, -1)                   # unconditional: Σ_g n_g
+        a = attributes.to(self.proj.weight.dtype).split(self.groups, dim=1)            # a = [a_1 … a_G]
+        W = self.proj.weight.split(self.groups, dim=1)                                 # W = [W_1 … W_G]
+        wa = torch.stack([a_g @ W_g.T for a_g, W_g in zip(a, W)], 1)                   # W_g a_g, (N, G, D)
+        if drop is None: return wa.sum(1)                                              # Σ_g W_g a_g = W a
+        drop = drop[:, None].expand(n, G) if drop.ndim == 1 else drop
+        return torch.where(drop[..., None], self.null, wa).sum(1)                      # Σ_g (drop_g ? n_g : W_g a_g)
 
 class ConditionEmbedding(nn.Module):
     "The condition's part of the time embedding: W a (or n) + MLP_ℓ(1000 ℓ), for the inputs the configuration switches on."
     def __init__(self, config: UNetConfig, zero_init: bool = True):
         super().__init__()
         A = config.cond_attributes
-        self.attributes = AttributeEmbedding(A, config.time_dim, zero_init) if A else None
+        self.attributes = AttributeEmbedding(A, config.time_dim, zero_init, config.cond_groups) if A else None
         self.level = TimestepEmbedding(config.base_channels, config.time_dim) if config.cond_levels else None
         if self.level is not None and zero_init: zero_module(self.level.mlp[-1])   # starts adding 0
 

@@ -226,7 +226,9 @@ def test_run_folder_layout_and_log(tmp_path, faces16):
     Trainer(tiny16(), cfg, faces16, tmp_path / 'run', device='cpu', progress=False).fit()
     d = tmp_path / 'run'
     config = json.loads((d / 'config.json').read_text())
-    assert set(config) == {'format', 'format_version', 'unet', 'schedule', 'objective', 'train', 'image_size', 'data', 'world_size'}
+    assert set(config) == {'format', 'format_version', 'unet', 'schedule', 'objective', 'train', 'image_size', 'data', 'world_size',
+                           'condition'}
+    assert config['condition'] is None                                            # unconditioned
     assert config['data']['kind'] == 'tensor' and config['data']['count'] == len(faces16)
     assert (d / 'scheduler_config.json').is_file()
     assert [p.name for p in checkpoints(d)] == ['step_000004', 'step_000006']     # keep_last=2
