@@ -24,6 +24,9 @@ from .training import (PRECISIONS, RECIPES, Trainer, TrainConfig, fastest_precis
                                      steps_per_epoch)
 from .sampling import (GIF_FACES, SAMPLERS, SPACINGS, TrajectoryRecorder, first_faces, sample_run,
                                      save_denoising_gif)
+from .conditioning import (CONDITIONS, DEFAULT_GUIDANCE, P_GROUP, P_UNCOND, conditioned_unet, make_condition,
+                                         resume_conditioned, run_schema, sample_attributes)
+from .cold import DEGRADATIONS, cold_train_config, make_degradation, resume_cold, sample_cold
 
 # %% ../nbs/09_cli.ipynb #987bb4a5
 PROG = 'face-diffusion'
@@ -119,6 +122,14 @@ def add_train(sub):
                                                                             "with --resume: this many more steps")
     p.add_argument('--epochs', default=None, type=whole(1), metavar='E', help='passes over the data instead of --steps')
     p.add_argument('--device', default=None, metavar='D', help="'cpu', 'cuda', 'cuda:N' (default: cuda if available)")
+    p.add_argument('--condition', default=None, choices=CONDITIONS, help="train a conditioned model (chapter 10): 'attributes' "
+                   "(the synthetic faces' own, CelebA's attribute file, or one subfolder per class) or 'layout' (a coarse colour layout)")
+    p.add_argument('--attributes-file', default=None, metavar='PATH', help="CelebA's list_attr_celeba.txt for --data DIR "
+                   "(default: one found in or beside DIR, else the class subfolders)")
+    p.add_argument('--p-uncond', default=None, type=number(0, 0.99), metavar='P', help=f'probability of dropping the whole condition in training (default: {P_UNCOND})')
+    p.add_argument('--p-group', default=None, type=number(0, 0.99), metavar='P', help=f'probability of dropping each attribute group (default: {P_GROUP})')
+    p.add_argument('--degradation', default=None, choices=tuple(DEGRADATIONS), help="train a cold-diffusion restoration "
+                   "network (chapter 11) for this degradation instead of a noise model (objective x0, L1 loss)")
     p.add_argument('--out', default='runs/faces', metavar='DIR', help='run folder (default: runs/faces)')
     g = p.add_mutually_exclusive_group()
     g.add_argument('--resume', action='store_true', help='continue the run in --out from its newest intact checkpoint')
@@ -148,7 +159,29 @@ def _new_trainer(args, out: Path) -> Trainer:
                      steps=steps, warmup_steps=min(200, steps // 10), precision=_setting(args, '--precision'),
                      sample_every=every('--sample-every'), save_every=every('--save-every'),
                      log_every=max(1, min(50, steps // 20)), seed=_setting(args, '--seed'))
-    return Trainer(unet, tc, source, out, overwrite=args.overwrite, device=args.device)
+    if args.degradation:
+        degradation = _cold_degradation(args, size, source)
+        tc = cold_train_config(degradation, **{k: getattr(tc, k) for k in ('lr', 'batch_size', 'steps', 'warmup_steps', 'precision',
+                                                                            'sample_every', 'save_every', 'log_every', 'seed')})
+        return Trainer(unet, tc, source, out, overwrite=args.overwrite, device=args.device, degradation=degradation)
+    condition = None
+    if args.condition:
+        condition = make_condition(args.condition, source, args.attributes_file, _p(args.p_uncond, P_UNCOND), _p(args.p_group, P_GROUP))
+        unet = conditioned_unet(unet, size, condition)
+    elif args.attributes_file or args.p_uncond is not None or args.p_group is not None:
+        raise ValueError("--attributes-file, --p-uncond and --p-group go with --condition attributes; add it, or drop them")
+    return Trainer(unet, tc, source, out, overwrite=args.overwrite, device=args.device, condition=condition)
+
+def _p(value, default): return default if value is None else value
+
+def _cold_degradation(args, size: int, source: DataSource):
+    "The degradation of `train --degradation`, its colour prior fitted on the training images; refuses options it cannot use."
+    kind = args.degradation
+    if args.condition: raise ValueError("--degradation and --condition together are not supported; train one or the other")
+    if args.objective not in (None, 'x0'): raise ValueError(f"--degradation {kind} trains a network that predicts x0; drop --objective {args.objective}")
+    if args.min_snr: raise ValueError(f"--min-snr weights by a noise schedule's SNR; --degradation {kind} has none, so drop it")
+    if args.schedule is not None and kind != 'noise': raise ValueError(f"--schedule is for --degradation noise; {kind} has no noise schedule")
+    return make_degradation(kind, size, T=args.T, images=source.load(), schedule=args.schedule or 'cosine')
 
 def resume_conflicts(args, cfg: dict, out: Path) -> str | None:
     "One line naming the first option given with --resume that contradicts the stored run, or None."
@@ -162,8 +195,24 @@ def resume_conflicts(args, cfg: dict, out: Path) -> str | None:
         src = DataSource.from_arg(args.data, cfg['image_size'])
         have = DataSource.from_dict(cfg.get('data') or {})
         if (src.kind, src.path) != (have.kind, have.path): return f"--data {args.data} contradicts the run in {out}, which trains on {have.describe()}"
-    if args.model is not None and unet_config(args.model, cfg['image_size']) != UNetConfig.from_dict(cfg['unet']):
-        return f"--model {args.model} contradicts the run in {out}, which has another U-Net (config.json: unet)"
+    cond = cfg.get('condition') or {}
+    if args.model is not None:
+        unconditioned = {k: v for k, v in cfg['unet'].items() if not k.startswith('cond_')}   # the inputs come from --condition
+        if unet_config(args.model, cfg['image_size']) != UNetConfig.from_dict(unconditioned):
+            return f"--model {args.model} contradicts the run in {out}, which has another U-Net (config.json: unet)"
+    deg = cfg.get('degradation') or {}
+    if args.degradation is not None and args.degradation != deg.get('kind'):
+        return f"--degradation {args.degradation} contradicts the run in {out}, which has {deg.get('kind') or 'no degradation (a noise model)'}"
+    if args.condition is not None and args.condition != cond.get('kind'):
+        return f"--condition {args.condition} contradicts the run in {out}, which has condition {cond.get('kind')}"
+    for flag, key in (('--p-uncond', 'p_uncond'), ('--p-group', 'p_group')):
+        given = getattr(args, key)
+        if given is not None and given != cond.get(key): return f"{flag} {given} contradicts the run in {out}, which has {key} = {cond.get(key)}"
+    if args.attributes_file is not None:
+        have = (cond.get('labels') or {}).get('path')
+        if have is None or Path(args.attributes_file).expanduser().resolve() != Path(have):
+            return (f"--attributes-file {args.attributes_file} contradicts the run in {out}, which has labels from "
+                    f"{have or (cond.get('labels') or {}).get('kind')}")
     return None
 
 def _resume_trainer(args, out: Path) -> Trainer:
@@ -174,7 +223,8 @@ def _resume_trainer(args, out: Path) -> Trainer:
     if conflict: raise ValueError(f"{conflict}; --resume continues a run as it was: drop the option, or start a new run with another --out")
     extra = args.steps
     if args.epochs: extra = args.epochs * steps_per_epoch(cfg['data']['count'], cfg['train']['batch_size'] * cfg['train']['grad_accum'])
-    return Trainer.resume(out, extra_steps=extra, device=args.device)
+    if cfg.get('degradation'): return resume_cold(out, extra_steps=extra, device=args.device)
+    return resume_conditioned(out, extra_steps=extra, device=args.device)
 
 def run_train(args):
     if args.steps is not None and args.epochs is not None: raise ValueError("give --steps or --epochs, not both")
@@ -202,10 +252,15 @@ def add_sample(sub):
     p.add_argument('--device', default=None, metavar='D', help="'cpu', 'cuda', … (default: cuda if available)")
     p.add_argument('--out', default=Path('samples.png'), type=output_file('.png'), metavar='PATH', help='output grid PNG (default: samples.png)')
     p.add_argument('--gif', default=None, type=output_file('.gif'), metavar='PATH', help=f'also save the denoising of the first {GIF_FACES} faces as an animated GIF')
+    p.add_argument('--attr', nargs='+', default=None, metavar='NAME=VALUE', help='ask for attributes, e.g. --attr glasses=round '
+                   'mouth=smile (the others vary); without --run, the bundled attribute model (chapter 10)')
+    p.add_argument('--guidance', default=None, type=number(0, 100), metavar='W', help=f'classifier-free guidance scale w: 0 unconditional, '
+                   f'1 plain conditional (default with --attr: {DEFAULT_GUIDANCE})')
+    p.add_argument('--guidance-rescale', default=0.0, type=number(0, 1), metavar='PHI', help='rescaled guidance φ (Lin et al. 2023), 0 to 1 (default: 0)')
     p.set_defaults(run=run_sample)
 
 def run_sample(args):
-    run_dir = Path(args.run_dir) if args.run_dir else pretrained_dir()
+    run_dir = Path(args.run_dir) if args.run_dir else pretrained_dir('attributes' if args.attr else 'unconditional')
     if not (run_dir / 'config.json').is_file():
         raise FileNotFoundError(f"--run {run_dir}: not a run folder (no config.json); train one with `{PROG} train`"
                                 if args.run_dir else f"the bundled model is missing from {run_dir}; pass --run DIR")
@@ -216,11 +271,29 @@ def run_sample(args):
         if path is not None: path.parent.mkdir(parents=True, exist_ok=True)   # before sampling: fail fast
     record = TrajectoryRecorder() if args.gif is not None else None
     t0 = time.perf_counter()
-    images = sample_run(run, args.n, sampler=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed,
-                        spacing=args.spacing, callback=record, progress=True)
+    kw = dict(sampler=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed, spacing=args.spacing, callback=record, progress=True)
+    condition = run.config.get('condition') or {}
+    degradation = run.config.get('degradation')
+    if (args.attr or args.guidance is not None or args.guidance_rescale) and condition.get('kind') != 'attributes':
+        raise ValueError(f"--attr and --guidance need a model conditioned on attributes; {run_dir} is "
+                         f"{'conditioned on ' + condition['kind'] if condition else 'unconditional'} (train one with --condition attributes)")
+    if condition.get('kind') == 'attributes':
+        schema = run_schema(run)
+        request = schema.parse(args.attr or [])                           # a bad name or value: before sampling
+        guidance = DEFAULT_GUIDANCE if args.guidance is None else args.guidance
+        images = sample_attributes(run, args.n, request, guidance, args.guidance_rescale, **kw)
+        print(f"asked for {schema.describe(request) or 'nothing (the null condition)'}, guidance w = {guidance}")
+    elif degradation:
+        if args.eta or args.spacing:
+            raise ValueError(f"--eta and --spacing are for the noise samplers; {run_dir} restores {degradation['kind']} "
+                             f"and samples with cold diffusion's Algorithm 2")
+        images = sample_cold(run, args.n, steps=args.steps, seed=args.seed, callback=record, progress=True)
+    else:
+        images = sample_run(run, args.n, **kw)
     secs = time.perf_counter() - t0
     save_grid(images.cpu(), args.out)
-    print(f"wrote {args.n} samples ({args.sampler}, {args.steps or 'default'} steps, {secs:.1f} s) to {args.out}")
+    name = f"cold {degradation['kind']}, Algorithm 2" if degradation else args.sampler
+    print(f"wrote {args.n} samples ({name}, {args.steps or 'default'} steps, {secs:.1f} s) to {args.out}")
     if record is not None:
         save_denoising_gif(first_faces(record.trajectory(images)), args.gif)
         print(f"wrote the denoising GIF to {args.gif}")

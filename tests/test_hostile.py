@@ -347,3 +347,85 @@ def test_sampling_a_model_that_outputs_nan_warns(copy_of, tmp_path):
     said = [l for l in err.splitlines() if l.startswith('face-diffusion:')]
     assert any('warning' in l and 'NaN' in l for l in said), err
     assert 'weights may be damaged' in err
+
+
+# ---- 9. Conditioning (chapter 10) ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('attr, words', [(['smile=1'], ["unknown attribute 'smile'", 'glasses', 'mouth']),
+                                         (['glasses=monocle'], ["unknown value 'monocle'", 'none, round, square, sunglasses']),
+                                         (['glasses'], ['name=value']),
+                                         (['mouth=grin', 'mouth=smile'], ['asked for twice'])])
+def test_sample_attr_names_the_valid_attributes_and_values(attr, words, tmp_path):
+    refused(*run('sample', '--attr', *attr, '--n', '2', '--out', tmp_path / 's.png')[::2], *words)
+    assert not (tmp_path / 's.png').exists()
+
+
+def test_attributes_on_a_model_without_them(copy_of, tmp_path):
+    refused(*run('sample', '--run', copy_of, '--attr', 'glasses=round', '--out', tmp_path / 's.png')[::2],
+            'conditioned on attributes', 'unconditional')
+    refused(*run('sample', '--run', copy_of, '--guidance', '3', '--out', tmp_path / 's.png')[::2], 'conditioned on attributes')
+
+
+def test_dropout_settings_without_a_condition(tmp_path):
+    refused(*run('train', *TINY, '--n-images', '8', '--steps', '1', '--p-uncond', '0.3', '--out', tmp_path / 'r')[::2],
+            '--condition attributes')
+    assert not (tmp_path / 'r').exists()
+
+
+def test_unknown_condition_kind(tmp_path):
+    code, _, err = run('train', *TINY, '--condition', 'pose', '--out', tmp_path / 'r')
+    assert code == 2 and "invalid choice: 'pose'" in err and 'attributes' in err
+
+
+def celeba_folder(root: Path, rows: list, n: int = 4) -> Path:
+    "n photos in root/img and a CelebA-style attribute file beside them."
+    photos(root / 'img', n)
+    (root / 'list_attr_celeba.txt').write_text(f'{len(rows)}\nEyeglasses Smiling\n' + '\n'.join(rows) + '\n')
+    return root / 'img'
+
+
+def test_malformed_attribute_file_names_its_line(tmp_path):
+    img = celeba_folder(tmp_path, ['p0.jpg 1 -1', 'p1.jpg -1 1', 'p2.jpg 1', 'p3.jpg 1 1'])
+    refused(*run('train', *TINY, '--data', img, '--condition', 'attributes', '--steps', '1', '--out', tmp_path / 'r')[::2],
+            'list_attr_celeba.txt, line 5', '2 values of 1 or -1')
+
+
+def test_photos_missing_from_the_attribute_file(tmp_path):
+    img = celeba_folder(tmp_path, ['p0.jpg 1 -1', 'p1.jpg -1 1', 'p2.jpg 1 1'])
+    refused(*run('train', *TINY, '--data', img, '--condition', 'attributes', '--steps', '1', '--out', tmp_path / 'r')[::2],
+            '1 of 4 images have no line', 'p3.jpg')
+
+
+def test_photos_without_labels(tmp_path):
+    img = photos(tmp_path / 'loose', 4)
+    refused(*run('train', *TINY, '--data', img, '--condition', 'attributes', '--steps', '1', '--out', tmp_path / 'r')[::2],
+            'outside class subfolders', 'attribute file')
+
+
+def test_conditioned_run_resumes_and_refuses_changed_labels(tmp_path):
+    img = celeba_folder(tmp_path, ['p0.jpg 1 -1', 'p1.jpg -1 1', 'p2.jpg 1 1', 'p3.jpg -1 -1'])
+    out = tmp_path / 'r'
+    code, _, err = run('train', *TINY, '--data', img, '--condition', 'attributes', '--steps', '2', '--save-every', '1', '--out', out)
+    assert code == 0, err
+    cond = json.loads((out / 'config.json').read_text())['condition']
+    assert cond['kind'] == 'attributes' and cond['labels']['kind'] == 'celeba' and list(cond['groups']) == ['Eyeglasses', 'Smiling']
+    refused(*run('train', '--out', out, '--resume', '--condition', 'layout')[::2], '--condition layout contradicts', 'attributes')
+    refused(*run('train', '--out', out, '--resume', '--p-group', '0.5')[::2], '--p-group 0.5 contradicts')
+    before = tree(out)
+    (tmp_path / 'list_attr_celeba.txt').write_text('4\nEyeglasses Smiling\np0.jpg -1 -1\np1.jpg -1 1\np2.jpg 1 1\np3.jpg -1 -1\n')
+    refused(*run('train', '--out', out, '--resume', '--steps', '1')[::2], 'labels differ from the run')
+    assert tree(out) == before
+    (tmp_path / 'list_attr_celeba.txt').write_text('4\nEyeglasses Smiling\np0.jpg 1 -1\np1.jpg -1 1\np2.jpg 1 1\np3.jpg -1 -1\n')
+    code, out_text, err = run('train', '--out', out, '--resume', '--steps', '1')
+    assert code == 0, err
+    assert 'step 3' in out_text
+
+
+def test_sample_attr_from_a_class_folder_run(tmp_path):
+    for name in ('happy', 'sad'): photos(tmp_path / 'faces' / name, 3)
+    out = tmp_path / 'r'
+    code, _, err = run('train', *TINY, '--data', tmp_path / 'faces', '--condition', 'attributes', '--steps', '1', '--out', out)
+    assert code == 0, err
+    code, said, err = run('sample', '--run', out, '--attr', 'class=sad', '--n', '2', '--steps', '2', '--out', tmp_path / 's.png')
+    assert code == 0 and (tmp_path / 's.png').is_file() and "{'class': 'sad'}" in said, err
+    refused(*run('sample', '--run', out, '--attr', 'class=angry', '--out', tmp_path / 's.png')[::2], 'use one of happy, sad')
