@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['IMAGE_EXTENSIONS', 'to_float', 'to_uint8', 'image_grid', 'show_grid', 'show_images', 'save_grid', 'load_image',
-           'portrait', 'random_flip', 'default_cache_dir', 'FaceFolder', 'ATTRIBUTES', 'ATTRIBUTE_PROBS',
+           'portrait', 'random_flip', 'pixelate', 'default_cache_dir', 'FaceFolder', 'ATTRIBUTES', 'ATTRIBUTE_PROBS',
            'SyntheticFaces', 'describe_face', 'synthetic_faces']
 
 # %% ../nbs/00_data.ipynb #992185a5
@@ -184,6 +184,11 @@ def random_flip(x, generator=None):
     dev = generator.device if generator is not None else 'cpu'
     flip = (torch.rand(len(x), generator=generator, device=dev) < 0.5).to(x.device)
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+# %% ../nbs/00_data.ipynb #467b76aaff
+def pixelate(x: torch.Tensor, blocks: int) -> torch.Tensor:
+    "Average each image (N×C×H×W, float) over a blocks×blocks grid and blow it back up to H×W, one flat colour per block."
+    return F.interpolate(F.adaptive_avg_pool2d(x, blocks), size=x.shape[-2:], mode='nearest')
 
 # %% ../nbs/00_data.ipynb #b53ad562
 def default_cache_dir():

@@ -417,6 +417,9 @@ def sample_run(run, n: int, sampler: str = 'dpm++', steps=None, eta: float = 0.0
     """Sample `n` images (float in [−1, 1]) from a trained run (what `load_run` returns), reproducibly from `seed`:
     DPM-Solver++(2M), 50 steps, unless `sampler` and `steps` say otherwise. `cond` goes to the model, `callback` to `sample`;
     `model` replaces `run.model` (e.g. the guided model of chapter 10, which wraps it)."""
+    if (run.config.get('degradation') or {}).get('kind') not in (None, 'noise'):
+        raise ValueError(f"this run restores a {run.config['degradation']['kind']} degradation, not noise; sample it with "
+                         f"face_diffusion.cold.sample_cold(run, n) (chapter 11) or `face-diffusion sample --run`")
     smp = make_sampler(sampler, run.schedule, run.objective, steps, eta, spacing, variance, clip_x0)
     channels, size = _run_shape(run)
     gen = torch.Generator().manual_seed(seed)                                  # CPU generator: same noise on any device
