@@ -1,4 +1,4 @@
-"""Blur, pixelation, a fading mask and fixed noise as degradations; a network trained with L1 to undo them; the paper's two samplers, and why the second is exact, or off by a known amount, where the first drifts; faces grown from a blurred colour; and cold against hot at equal CPU time, measured.
+"""Blur, pixelation, a fading mask and fixed noise as degradations, and a network trained with L1 to undo them. The paper's two samplers: the second is exact when the damage is purely additive, and otherwise off by a known sum of the network's own errors. Faces grown from a blurred colour, and cold against hot at equal training steps, measured.
 
 Docs: https://face-diffusion.github.io/face_diffusion/cold.html.md"""
 
@@ -6,9 +6,9 @@ Docs: https://face-diffusion.github.io/face_diffusion/cold.html.md"""
 
 # %% auto #0
 __all__ = ['START_NOISE', 'DEFAULT_STEPS', 'DEGRADATIONS', 'ALGORITHMS', 'ColdDegradation', 'blur_sigmas', 'gaussian_blur',
-           'Blur', 'pixel_sizes', 'pixelate', 'Pixelate', 'Fade', 'FixedNoise', 'make_degradation',
-           'degradation_from_dict', 'cold_train_config', 'resume_cold', 'ColdSampler', 'run_degradation', 'sample_cold',
-           'restore', 'channel_means', 'GaussianMixture', 'pairwise_spread', 'level_grid', 'cold_frames', 'cold_widget']
+           'Blur', 'pixel_sizes', 'Pixelate', 'Fade', 'FixedNoise', 'make_degradation', 'degradation_from_dict',
+           'cold_train_config', 'resume_cold', 'ColdSampler', 'run_degradation', 'sample_cold', 'restore',
+           'channel_means', 'GaussianMixture', 'pairwise_spread', 'level_grid', 'cold_frames', 'cold_widget']
 
 # %% ../nbs/11_cold.ipynb #c96212a8d9
 import math
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .data import to_float
+from .data import pixelate, to_float                   # pixelate: chapter 00's, used by Pixelate
 from .forward import (Degradation, NoiseSchedule, SCHEDULES, check_choice, predict_noise_from_start,
                                     q_sample, split_prediction)
 from .runs import read_config
@@ -26,10 +26,10 @@ from .sampling import Sampler, StepOutput, ddim_timesteps, sample
 from .training import Trainer, TrainConfig
 
 # %% ../nbs/11_cold.ipynb #6148a83d51
-START_NOISE = 0.002     # the standard deviation of the noise added to a blurred start (the official code's value)
+START_NOISE = 0.002     # the standard deviation of the noise added to a blurred start (the paper's figures; its code tries 0.001 … 0.004)
 DEFAULT_STEPS = 50      # sampling visits every level when T ≤ 50, else 50 of them
 
-def _whole(name: str, value, lo: int):
+def _check_whole_number(name: str, value, lo: int):
     if isinstance(value, bool) or not isinstance(value, int) or value < lo:
         raise ValueError(f"{name} = {value!r} must be a whole number ≥ {lo}")
     return value
@@ -42,9 +42,9 @@ class ColdDegradation(Degradation):
     ends_at_mean: bool = False
 
     def __init__(self, image_size: int, T: int):
-        self.image_size, self.T, self.prior = _whole('image_size', image_size, 2), _whole('T', T, 2), None
+        self.image_size, self.T, self.prior = _check_whole_number('image_size', image_size, 2), _check_whole_number('T', T, 2), None
 
-    def _levels(self, t, x) -> torch.Tensor:
+    def _check_levels(self, t, x) -> torch.Tensor:
         "t as a long tensor on x's device, checked (on the CPU only, to avoid GPU syncs) to be a level 0 … T−1."
         t = torch.as_tensor(t, device=x.device).long()
         if t.device.type == 'cpu' and t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.T):
@@ -65,6 +65,10 @@ class ColdDegradation(Degradation):
         self.prior = GaussianMixture.fit(channel_means(images), components, seed=seed)
         return self
 
+    def can_start(self) -> bool:
+        "Whether `start` can draw fully degraded states to generate from: the damage ends at the mean colour and has a prior."
+        return self.ends_at_mean and self.prior is not None
+
     def start(self, n: int, generator=None, start_noise: float = START_NOISE) -> torch.Tensor:
         "n samples of the fully degraded state x_{T−1}: mean colours drawn from the prior, plus `start_noise` × N(0, I)."
         if not self.ends_at_mean:
@@ -78,9 +82,11 @@ class ColdDegradation(Degradation):
 
     @torch.no_grad()
     def preview(self, model, images, n: int, generator) -> torch.Tensor:
-        "The Trainer's sample grids: generate (Algorithm 2, at most 25 steps) when the damage can, else restore training images."
-        if self.prior is not None or isinstance(self, FixedNoise): x_T = self.start(n, generator).to(images.device)
-        else:                                                              # no prior: the training images' own last level
+        """The Trainer's sample grids: generate (Algorithm 2, at most 25 steps) when `can_start()`, else restore training
+        images from their last level: for the fading mask that is one grey for every face, so the grid shows one face;
+        for blur or pixelation without a prior it is their own mean colours."""
+        if self.can_start(): x_T = self.start(n, generator).to(images.device)
+        else:                                                              # the training images' own last level
             x_T = self.degrade(to_float(images[torch.arange(n, device=images.device) % len(images)]), self.T - 1)
             if self.ends_at_mean: x_T = x_T + START_NOISE * torch.randn(x_T.shape, generator=generator, device=x_T.device)
         sampler = ColdSampler(self, steps=min(self.T, 25))
@@ -99,16 +105,18 @@ class ColdDegradation(Degradation):
 
 # %% ../nbs/11_cold.ipynb #071d4d9697
 def blur_sigmas(T: int, image_size: int) -> torch.Tensor:
-    """σ_t of the cumulative blur, t = 0 … T−1 (float64): level t has passed through t + 1 Gaussian kernels of widths
-    s_i = c (i + 1), so σ_t² = Σ_{i ≤ t} s_i²; c puts σ_{T−2} at half the image size, and σ_{T−1} = ∞ (the mean)."""
-    i = torch.arange(1, T, dtype=torch.float64)                       # i + 1 = 1 … T−1
-    var = torch.cumsum(i ** 2, 0)                                     # σ_t²/c² = Σ_{i ≤ t} (i + 1)²
+    """σ_t of the cumulative blur, t = 0 … T−1 (float64): level t has passed through t + 1 Gaussian kernels, kernel k
+    of width s_k = c (k + 1), so σ_t² = Σ_{k ≤ t} s_k²; c (= σ_0) puts σ_{T−2} at half the image size, and the last level
+    replaces its kernel by the limit σ_{T−1} = ∞ (the mean colour)."""
+    k = torch.arange(1, T, dtype=torch.float64)                       # k + 1 = 1 … T−1
+    var = torch.cumsum(k ** 2, 0)                                     # σ_t²/c² = Σ_{k ≤ t} (k + 1)²
     c = (image_size / 2) / var[-1].sqrt()
     return torch.cat([c * var.sqrt(), torch.tensor([math.inf], dtype=torch.float64)])
 
 def gaussian_blur(x: torch.Tensor, sigma) -> torch.Tensor:
     """Blur images with a Gaussian of standard deviation `sigma` pixels (a number, or one per image; ∞ gives the mean
-    colour), with circular boundaries, in Fourier space: each frequency f is multiplied by exp(−2π² σ² |f|²)."""
+    colour), defined in Fourier space with circular boundaries: each frequency f is multiplied by exp(−2π² σ² |f|²).
+    For σ ≥ 1.5 px this is a circular convolution with the sampled Gaussian; narrower, a different low-pass that blurs more."""
     H, W = x.shape[-2:]
     fy = torch.fft.fftfreq(H, dtype=torch.float64, device=x.device)                # cycles per pixel
     fx = torch.fft.rfftfreq(W, dtype=torch.float64, device=x.device)
@@ -126,13 +134,14 @@ class Blur(ColdDegradation):
         self.sigmas = blur_sigmas(T, image_size)
 
     def degrade(self, x0, t, noise=None, generator=None):
-        t = self._levels(t, x0)
+        t = self._check_levels(t, x0)
         return gaussian_blur(x0, self.sigmas.to(x0.device)[t])                      # x_t = G_{σ_t} ∗ x_0
 
 # %% ../nbs/11_cold.ipynb #3ecb1d24cf
 def pixel_sizes(image_size: int, T: int) -> list:
-    """T block resolutions, largest first, falling about geometrically from just under `image_size` to 1 (the mean):
-    r_t ≈ image_size^{1 − (t+1)/T}, rounded and kept strictly decreasing."""
+    """T block resolutions, largest first, from just under `image_size` to 1 (the mean): geometric at first
+    (r_t ≈ image_size^{1 − (t+1)/T}, rounded), then one block fewer per level where geometric steps would repeat;
+    for 32 px and T = 15: [25, 20, 16, 13, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1]."""
     if not 2 <= T <= image_size - 1: raise ValueError(f"pixelation of {image_size} px images has 2 … {image_size - 1} levels, not T = {T}")
     sizes = [1]
     for t in range(T - 2, -1, -1):                                             # from the bottom: r_{t} > r_{t+1}
@@ -141,19 +150,15 @@ def pixel_sizes(image_size: int, T: int) -> list:
     if sizes[0] >= image_size: raise ValueError(f"pixelation of {image_size} px images cannot have T = {T} distinct levels; use fewer")
     return sizes
 
-def pixelate(x: torch.Tensor, size: int) -> torch.Tensor:
-    "Average the image over a size×size grid of blocks and blow it back up (nearest neighbour) to its own size."
-    return F.interpolate(F.adaptive_avg_pool2d(x, size), size=x.shape[-2:], mode='nearest')
-
 class Pixelate(ColdDegradation):
-    "Pixelation: D(x_0, t) is x_0 averaged over r_t × r_t blocks (`pixel_sizes`); the last level, 1 × 1, is the mean colour."
+    "Pixelation: D(x_0, t) is x_0 averaged over r_t × r_t blocks (`pixel_sizes`, chapter 00's `pixelate`); the last level, 1 × 1, is the mean colour."
     kind, ends_at_mean = 'pixelate', True
     def __init__(self, image_size: int = 32, T: int = 15):
         super().__init__(image_size, T)
         self.sizes = pixel_sizes(image_size, T)
 
     def degrade(self, x0, t, noise=None, generator=None):
-        t = self._levels(t, x0)
+        t = self._check_levels(t, x0)
         if t.ndim == 0: return pixelate(x0, self.sizes[int(t)])
         out = torch.empty_like(x0)
         for level in t.unique().tolist():                                         # one pass per level in the batch
@@ -163,8 +168,9 @@ class Pixelate(ColdDegradation):
 
 # %% ../nbs/11_cold.ipynb #a5f87138e3
 class Fade(ColdDegradation):
-    """A growing mask that fades the image to grey (0) from the centre out: D(x_0, t) = (1 − m_t) ⊙ x_0, where m_t is 1
-    inside a disc of radius ρ_t, 0 outside it, with a linear edge `edge` pixels wide; ρ_{T−1} covers the whole image."""
+    """A growing mask that fades the image to grey (0) from the centre out: D(x_0, t) = (1 − m_t) ⊙ x_0, where m_t is a
+    ramp centred on the radius ρ_t: 1 inside ρ_t − edge/2, 0 beyond ρ_t + edge/2, linear between; ρ_{T−1} covers the
+    whole image."""
     kind = 'fade'
     def __init__(self, image_size: int = 32, T: int = 25, edge: float = 3.0):
         super().__init__(image_size, T)
@@ -177,7 +183,7 @@ class Fade(ColdDegradation):
         self.masks = ((radii[:, None, None] - d) / self.edge + 0.5).clamp(0, 1).float()[:, None]   # m_t, (T, 1, H, W)
 
     def degrade(self, x0, t, noise=None, generator=None):
-        t = self._levels(t, x0)
+        t = self._check_levels(t, x0)
         m = self.masks.to(x0.device)[t]
         return (1 - m) * x0                                                        # x_t = (1 − m_t) ⊙ x_0
 
@@ -186,7 +192,8 @@ class Fade(ColdDegradation):
 # %% ../nbs/11_cold.ipynb #612944683d
 class FixedNoise(ColdDegradation):
     """Gaussian noise as a cold degradation: D(x_0, t) = √ᾱ_t x_0 + √(1−ᾱ_t) ε with one ε per image, the same at every
-    level (`noise`, or drawn from `generator`). Its `implied_noise` is the ε that makes D(x̂_0, t) = x_t."""
+    level (`noise`; without it `degrade` draws a fresh ε from `generator`, so it is deterministic once ε is given). Its
+    `implied_noise` is the ε that makes D(x̂_0, t) = x_t."""
     kind = 'noise'
     def __init__(self, image_size: int = 32, T: int = 1000, schedule: str = 'cosine'):
         self.schedule = schedule if isinstance(schedule, NoiseSchedule) else NoiseSchedule(check_choice(schedule, SCHEDULES, 'schedule'), T)
@@ -198,16 +205,18 @@ class FixedNoise(ColdDegradation):
         return self._on
 
     def degrade(self, x0, t, noise=None, generator=None):
-        t = self._levels(t, x0)
+        t = self._check_levels(t, x0)
         return q_sample(self._sched(x0.device), x0, t, noise=noise, generator=generator)   # √ᾱ_t x_0 + √(1−ᾱ_t) ε
 
     def implied_noise(self, x_t, x0_hat, t):
         return predict_noise_from_start(self._sched(x_t.device), x_t, t, x0_hat)          # ε̂ = (x_t − √ᾱ_t x̂_0)/√(1−ᾱ_t)
 
-    def start(self, n: int, generator=None, start_noise: float = START_NOISE) -> torch.Tensor:
-        "n samples of x_{T−1} ≈ ε ~ N(0, I) (ᾱ_{T−1} is almost 0); `start_noise` plays no part."
+    def can_start(self) -> bool: return True                                      # x_{T−1} is almost pure noise
+
+    def start(self, n: int, generator=None, start_noise: float = START_NOISE, channels: int = 3) -> torch.Tensor:
+        "n samples of x_{T−1} ≈ ε ~ N(0, I) with `channels` channels (ᾱ_{T−1} is almost 0); `start_noise` plays no part."
         gen_device = generator.device if generator is not None else 'cpu'
-        return torch.randn((n, 3, self.image_size, self.image_size), generator=generator, device=gen_device)
+        return torch.randn((n, channels, self.image_size, self.image_size), generator=generator, device=gen_device)
 
     def settings(self) -> dict: return {'schedule': self.schedule.kind}
 
@@ -254,20 +263,20 @@ class ColdSampler(Sampler):
     (`objective` 'x0', or ε or v converted through a `FixedNoise` schedule) and t' the next level:
     Algorithm 1: x_{t'} = D(x̂_0, t');  Algorithm 2: x_{t'} = x_t − D(x̂_0, t) + D(x̂_0, t'), with D(·, −1) the identity.
     A degradation with noise uses the ε implied by x_t and x̂_0 (then both algorithms are DDIM), or with `fix_noise`
-    the ε implied at the first step, kept for the whole run (explicit memory: `reset()` forgets it)."""
+    the ε implied at the first step, kept for the whole run (the sampler stores ε between steps; `reset()` clears it)."""
     def __init__(self, degradation: ColdDegradation, algorithm: int = 2, steps: int | None = None, start: int | None = None,
                  objective: str = 'x0', clip_x0: bool = True, fix_noise: bool = False):
         if algorithm not in ALGORITHMS: raise ValueError(f"unknown algorithm {algorithm!r}; use 1 (naive) or 2 (improved)")
-        top = degradation.T - 1 if start is None else int(start)
-        if not 0 <= top < degradation.T: raise ValueError(f"start = {start} is outside 0 … {degradation.T - 1}, the levels of this degradation")
+        first_level = degradation.T - 1 if start is None else int(start)
+        if not 0 <= first_level < degradation.T: raise ValueError(f"start = {start} is outside 0 … {degradation.T - 1}, the levels of this degradation")
         noisy = isinstance(degradation, FixedNoise)
         if objective != 'x0' and not noisy:
             raise ValueError(f"a {degradation.kind} restoration network predicts x_0; objective {objective!r} needs a noise degradation")
         if fix_noise and not noisy: raise ValueError(f"fix_noise is for a noise degradation; {degradation.kind} has no noise")
         self.degradation, self.algorithm, self.objective, self.clip_x0, self.fix_noise = degradation, algorithm, objective, clip_x0, fix_noise
         self.schedule, self._on, self.noise = (degradation.schedule if noisy else None), None, None
-        steps = min(top + 1, DEFAULT_STEPS) if steps is None else steps
-        self.timesteps = ddim_timesteps(top + 1, steps, 'trailing')                   # ends at `top`
+        steps = min(first_level + 1, DEFAULT_STEPS) if steps is None else steps
+        self.timesteps = ddim_timesteps(first_level + 1, steps, 'trailing')           # begins at `first_level`
         ts = self.timesteps.tolist()
         self._prev = dict(zip(ts, ts[1:] + [-1]))                                     # t → the next, smaller level t'
 
@@ -287,7 +296,9 @@ class ColdSampler(Sampler):
         x0_hat = self._clip(x0_hat)
         eps = self.degradation.implied_noise(x, x0_hat, t)                            # None for a deterministic damage
         if self.fix_noise:
-            if self.noise is None or t == int(self.timesteps[0]): self.noise = eps    # ε from the first step, kept
+            # ε from the first step, kept; `sample` calls reset() first, and the second test also starts afresh when
+            # `step` is driven by hand without it
+            if self.noise is None or t == int(self.timesteps[0]): self.noise = eps
             eps = self.noise
         if self.algorithm == 1: return StepOutput(self.D(x0_hat, t_prev, eps), x0_hat)                       # D(x̂_0, t')
         return StepOutput(x - self.D(x0_hat, t, eps) + self.D(x0_hat, t_prev, eps), x0_hat)                   # x_t − D(x̂_0, t) + D(x̂_0, t')
@@ -307,9 +318,9 @@ def run_degradation(run) -> ColdDegradation:
 
 def sample_cold(run, n: int, algorithm: int = 2, steps: int | None = None, seed: int = 0, start_noise: float = START_NOISE,
                 degradation=None, fix_noise: bool = False, x_T=None, callback=None, device=None, progress: bool = False):
-    """Generate n images (float in [−1, 1]) from a restoration run, reproducibly from `seed`: start from the fully
-    degraded state (`degradation.start`, or `x_T`) and walk down with Algorithm 1 or 2. `degradation` defaults to the
-    run's own; give `FixedNoise(schedule=run.schedule)` to drive a noise model with the cold samplers."""
+    """Generate n images from a restoration run, reproducibly from `seed`: start from the fully degraded state
+    (`degradation.start`, or `x_T`), walk down with Algorithm 1 or 2, and clamp to [−1, 1]. `degradation` defaults to
+    the run's own; give `FixedNoise(schedule=run.schedule)` to drive a noise model with the cold samplers."""
     deg = degradation if degradation is not None else run_degradation(run)
     gen = torch.Generator().manual_seed(seed)                                       # CPU: the same start on any device
     if x_T is None: x_T = deg.start(n, gen, start_noise)
@@ -321,7 +332,7 @@ def sample_cold(run, n: int, algorithm: int = 2, steps: int | None = None, seed:
 @torch.no_grad()
 def restore(model, degradation: ColdDegradation, x_t, t: int, algorithm: int = 2, steps: int | None = None,
             objective: str = 'x0', callback=None) -> torch.Tensor:
-    "Restore images x_t = D(x_0, t) with Algorithm 1 or 2 from level t down to the clean image (all levels, at most 50)."
+    "Restore images x_t = D(x_0, t) with Algorithm 1 or 2 from level t down to the clean image (all levels, at most 50), clamped to [−1, 1]."
     sampler = ColdSampler(degradation, algorithm, steps, start=t, objective=objective)
     return sample(model, sampler, len(x_t), x_t.shape[-1], x_t.shape[1], x_T=x_t, callback=callback).clamp(-1, 1)
 
@@ -332,7 +343,7 @@ def channel_means(images, batch: int = 4096) -> torch.Tensor:
 
 @dataclass
 class GaussianMixture:
-    "A mixture of K full-covariance Gaussians in D dimensions: weights (K,), means (K, D), covariances (K, D, D), float64."
+    "A mixture of K full-covariance Gaussians in `dim` dimensions: weights (K,), means (K, dim), covariances (K, dim, dim), float64."
     weights: torch.Tensor
     means: torch.Tensor
     covariances: torch.Tensor
@@ -345,17 +356,18 @@ class GaussianMixture:
         z = torch.linalg.solve_triangular(L, diff.transpose(1, 2), upper=False)      # L_k⁻¹ (x − μ_k)
         maha = z.square().sum(1)                                                     # (K, N): (x − μ)ᵀ Σ⁻¹ (x − μ)
         logdet = 2 * L.diagonal(dim1=1, dim2=2).log().sum(1)                         # log |Σ_k|
-        D = x.shape[1]
-        return (self.weights.log()[:, None] - 0.5 * (maha + logdet[:, None] + D * math.log(2 * math.pi))).T
+        dim = x.shape[1]
+        return (self.weights.log()[:, None] - 0.5 * (maha + logdet[:, None] + dim * math.log(2 * math.pi))).T
 
     def log_prob(self, x) -> torch.Tensor: return self.log_prob_components(x).logsumexp(1)
 
     @classmethod
     def fit(cls, x, k: int = 10, iters: int = 200, seed: int = 0, reg: float = 1e-6, tol: float = 1e-8):
-        "Fit by expectation–maximisation from a k-means++ start (seeded); `reg` is added to every covariance's diagonal."
+        """Fit by expectation–maximisation from a k-means++ start (seeded); `reg` is added to every covariance's diagonal.
+        Stops after `iters` rounds, or when a round gains less than `tol` in mean log-likelihood (or loses)."""
         x = torch.as_tensor(x, dtype=torch.float64)
-        N, D = x.shape
-        _whole('components', k, 1)
+        N, dim = x.shape
+        _check_whole_number('components', k, 1)
         if N < k: raise ValueError(f"{N} points cannot fit {k} components; give more points or fewer components")
         g = torch.Generator().manual_seed(seed)
         centres = x[torch.randint(N, (1,), generator=g)]
@@ -363,7 +375,7 @@ class GaussianMixture:
             d2 = torch.cdist(x, centres).square().min(1).values
             centres = torch.cat([centres, x[torch.multinomial(d2 + 1e-12, 1, generator=g)]])
         resp = F.one_hot(torch.cdist(x, centres).argmin(1), k).double()              # hard assignments to begin with
-        eye, last = torch.eye(D, dtype=torch.float64), -math.inf
+        eye, last = torch.eye(dim, dtype=torch.float64), -math.inf
         for _ in range(iters):
             nk = resp.sum(0) + 1e-12                                                 # M step: N_k, w_k, μ_k, Σ_k
             means = resp.T @ x / nk[:, None]
@@ -394,7 +406,8 @@ class GaussianMixture:
 
 # %% ../nbs/11_cold.ipynb #74658237ac
 def pairwise_spread(images) -> float:
-    "The root-mean-square pixel distance between two images of the batch, averaged over every pair: 0 when all are equal."
+    """The square root of the mean, over all pairs of images in the batch, of their mean squared pixel difference: 0 when
+    all are equal."""
     x = images.flatten(1).double()
     d = torch.cdist(x, x).square() / x.shape[1]                                     # mean squared pixel difference
     n = len(x)
@@ -402,7 +415,8 @@ def pairwise_spread(images) -> float:
 
 # %% ../nbs/11_cold.ipynb #cf3c0f1666
 def level_grid(T: int, levels: int) -> list:
-    "`levels` + 1 levels from the clean image (−1) to the fully degraded one (T−1), evenly spaced."
+    """The clean image (−1), then `levels` levels spaced evenly as if from 0 to T−1, level 0 itself left out:
+    round(i (T−1)/levels) for i = 1 … levels. With levels ≥ T, rounding repeats some levels."""
     return [-1] + [round(i * (T - 1) / levels) for i in range(1, levels + 1)]
 
 @torch.no_grad()
@@ -410,11 +424,13 @@ def cold_frames(model, degradation: ColdDegradation, x0, levels: int = 24, algor
                 objective: str = 'x0', start_noise: float = START_NOISE, seed: int = 0) -> tuple:
     """The widget's frames for one degradation: at each of `levels` + 1 levels t (clean to fully degraded), a grid of the
     faces `x0` damaged forward, D(x_0, t), and the restoration's state x_t and guess x̂_0 as it passes level t on its way
-    back from D(x_0, T−1) (plus `start_noise` noise for a blur or pixelation start). Returns (frames (F, 3, 3, H, W)
-    uint8, labels, levels)."""
+    back from D(x_0, T−1) (plus `start_noise` noise for a blur or pixelation start). Returns (frames
+    (F, 3, 3, H_grid, W_grid) uint8, the grids' height and width, labels, levels)."""
     from face_diffusion.data import image_grid
     g = torch.Generator().manual_seed(seed)
     ts = level_grid(degradation.T, levels)
+    # a fresh generator of the same seed at every level: the noise degradation then draws the same ε at each level, as
+    # a fixed-noise damage must (the deterministic ones ignore it)
     forward = [x0 if t < 0 else degradation.degrade(x0, t, generator=torch.Generator().manual_seed(seed)) for t in ts]
     x_T = forward[-1] + (start_noise * torch.randn(x0.shape, generator=g) if degradation.ends_at_mean else 0)
     visited = {}
@@ -423,7 +439,7 @@ def cold_frames(model, degradation: ColdDegradation, x0, levels: int = 24, algor
     result = sample(model, sampler, len(x0), x0.shape[-1], x0.shape[1], x_T=x_T, callback=keep).clamp(-1, 1)
     visited[-1] = (result, result)
     order = sorted(visited)
-    back = [visited[min(s for s in order if s >= t)] for t in ts]                      # the state when it passed level t
+    back = [visited[min(s for s in order if s >= t)] for t in ts]     # the nearest visited level at or above t
     grid = lambda x: torch.from_numpy(image_grid(x.clamp(-1, 1), nrow=len(x0))).permute(2, 0, 1)
     frames = torch.stack([torch.stack([grid(f), grid(b[0]), grid(b[1])]) for f, b in zip(forward, back)])
     return frames, ['clean' if t < 0 else f"t = {t}" for t in ts], ts

@@ -40,14 +40,14 @@ def faces(n=8, size=32, seed=1):
 
 
 class Pattern(ColdDegradation):
-    "D(x, t) = x + γ_t e: a damage that does not depend on the image (the case where Algorithm 2 is exact)."
+    "D(x, t) = x + γ_t p: purely additive damage, a fixed pattern p (the case where Algorithm 2 is exact)."
     kind = 'pattern'
-    def __init__(self, e, T=10):
-        super().__init__(e.shape[-1], T)
-        self.e, self.gammas = e, torch.linspace(0.1, 1.0, T)
+    def __init__(self, p, T=10):
+        super().__init__(p.shape[-1], T)
+        self.p, self.gammas = p, torch.linspace(0.1, 1.0, T)
     def degrade(self, x0, t, noise=None, generator=None):
-        t = self._levels(t, x0)
-        return x0 + self.gammas[t].reshape(-1, 1, 1, 1) * self.e
+        t = self._check_levels(t, x0)
+        return x0 + self.gammas[t].reshape(-1, 1, 1, 1) * self.p
 
 
 class Guesser(nn.Module):
@@ -83,6 +83,8 @@ def test_pixelation_averages_blocks_and_ends_at_the_mean():
     blocks = x.reshape(8, 3, 8, 4, 8, 4).mean((3, 5)).repeat_interleave(4, 2).repeat_interleave(4, 3)
     assert torch.allclose(pix.degrade(x, pix.sizes.index(8)), blocks, atol=1e-6)
     assert torch.allclose(pix.degrade(x, 14), x.mean((2, 3), keepdim=True).expand_as(x), atol=1e-6)
+    import face_diffusion.cold as cold, face_diffusion.data as data
+    assert cold.pixelate is data.pixelate                                      # chapter 00's, under its old name too
 
 
 def test_fade_grows_from_the_centre_to_one_grey_image():
@@ -161,24 +163,34 @@ def test_starts_are_flat_colours_with_a_little_noise():
     refused(lambda: Blur(32).start(4), 'no colour prior', 'fit_prior')
     refused(lambda: Fade(32).start(4), 'cannot generate', 'restore')
     assert FixedNoise(32, T=100).start(4, torch.Generator().manual_seed(0)).shape == (4, 3, 32, 32)
+    assert FixedNoise(32, T=100).start(2, channels=1).shape == (2, 1, 32, 32)
+
+
+def test_can_start_says_which_degradations_can_generate():
+    images = synthetic_faces(300, 32, seed=0)[0]
+    assert make_degradation('blur', 32, images=images).can_start() and make_degradation('pixelate', 32, images=images).can_start()
+    assert not Blur(32).can_start() and not Pixelate(32).can_start()          # no colour prior yet
+    assert not Fade(32).can_start() and FixedNoise(32, T=100).can_start()
 
 
 # --- the samplers ---
 
 def test_algorithm_2_is_exact_for_an_image_independent_damage_and_algorithm_1_is_not():
-    "D(x, t) = x + γ_t e: Algorithm 2 returns x_0 exactly whatever the network guesses (the paper's section 3.3)."
+    "D(x, t) = x + γ_t p: Algorithm 2 returns x_0 exactly whatever the network guesses (the paper's section 3.3)."
     x0 = faces()
     pattern = Pattern(torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(3)))
     start = pattern.degrade(x0, pattern.T - 1)
     for steps in (10, 4):                                                      # every level, and skipping levels
         two = sample(Guesser(), ColdSampler(pattern, 2, steps=steps, clip_x0=False), 8, 32, x_T=start)
-        one = sample(Guesser(), ColdSampler(pattern, 1, steps=steps, clip_x0=False), 8, 32, x_T=start)
+        guesses = []
+        one = sample(Guesser(), ColdSampler(pattern, 1, steps=steps, clip_x0=False), 8, 32, x_T=start,
+                     callback=lambda i, t, x_t, x0_hat: guesses.append(x0_hat))
         assert (two - x0).abs().max() < 1e-5
-        assert (one - x0).abs().max() > 0.5
+        assert (one - x0).abs().max() > 0.5 and torch.equal(one, guesses[-1])  # Algorithm 1: its last random guess
 
 
 def test_algorithm_2_misses_by_the_sum_of_the_changes_of_the_errors_and_keeps_the_colour():
-    "For linear D: x_{−1} − x_0 = Σ_t (D(e_t, t') − D(e_t, t)); for blur the mean colour is kept exactly."
+    "For affine D: x_{−1} − x_0 = δ_{T−1} + Σ_t (D(e_t, t') − D(e_t, t)); for blur the mean colour is kept exactly."
     x0, blur = faces(), Blur(32, T=12)
     errors = {t: 0.3 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(100 + t)) for t in range(blur.T)}
     class KnownErrors(nn.Module):
@@ -192,6 +204,9 @@ def test_algorithm_2_misses_by_the_sum_of_the_changes_of_the_errors_and_keeps_th
     assert (one - x0 - errors[0]).abs().max() < 1e-5                          # Algorithm 1: the last guess, all its error
     assert (two.mean((2, 3)) - x0.mean((2, 3))).abs().max() < 1e-5
     assert (one.mean((2, 3)) - x0.mean((2, 3))).abs().max() > 1e-3
+    delta = 0.01 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(7))   # a start off the true path
+    off = sample(KnownErrors(), ColdSampler(blur, 2, clip_x0=False), 8, 32, x_T=start + delta)
+    assert (off - x0 - predicted - delta).abs().max() < 1e-4                  # δ_{T−1} passes straight through
 
 
 @pytest.mark.parametrize('objective', ['x0', 'v', 'eps'])
@@ -204,9 +219,14 @@ def test_cold_sampling_with_noise_is_ddim(objective):
     for alg in ALGORITHMS:
         cold = sample(oracle, ColdSampler(noise, alg, steps=20, objective=objective), 4, 32, x_T=x_T)
         assert (cold - ddim).abs().max() < 1e-4, alg
-    fixed = ColdSampler(noise, 2, steps=20, objective=objective, fix_noise=True)
-    first = sample(oracle, fixed, 4, 32, x_T=x_T)
+    fixed, seen = ColdSampler(noise, 2, steps=20, objective=objective, fix_noise=True), []
+    first = sample(oracle, fixed, 4, 32, x_T=x_T, callback=lambda i, t, x_t, x0_hat: seen.append((t, x0_hat)))
     assert (first - ddim).abs().max() > 0.05                                  # ε fixed at the first step is not DDIM
+    ab = lambda t: float(schedule.sqrt_alphas_cumprod[t]) if t >= 0 else 1.0  # √ᾱ_t, with √ᾱ_{−1} = 1
+    weights = [ab(seen[0][0])] + [ab(fixed.prev_timestep(t)) - ab(t) for t, _ in seen]
+    average = weights[0] * seen[0][1] + sum(w * g for w, (_, g) in zip(weights[1:], seen))
+    assert min(weights) >= 0 and abs(sum(weights) - 1) < 1e-6
+    assert (first - average).abs().max() < 1e-4                               # it returns a weighted average of its guesses
     assert torch.equal(sample(oracle, fixed, 4, 32, x_T=x_T), first)          # and its memory is reset between runs
     assert torch.equal(sample(oracle, fixed, 4, 32, x_T=x_T.flip(0)).flip(0), first)
 
