@@ -11,9 +11,9 @@ __all__ = ['SYNTHETIC_SCHEMA', 'CELEBA_ATTRIBUTES_FILE', 'P_UNCOND', 'P_GROUP', 
            'make_condition', 'conditioned_unet', 'condition_from_config', 'resume_conditioned',
            'classifier_free_guidance', 'group_flags', 'GuidedModel', 'attribute_condition', 'run_schema',
            'sample_attributes', 'AttributeClassifier', 'classifier_loss', 'train_attribute_classifier',
-           'attribute_accuracy', 'guidance_frames', 'guidance_widget', 'coarse_layout', 'LayoutCondition']
+           'attribute_accuracy', 'guidance_frames', 'guidance_widget', 'LayoutCondition']
 
-# %% ../nbs/10_guidance.ipynb #c1a99e2203
+# %% ../nbs/10_guidance.ipynb #1418ebab03
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import random_flip, to_float
+from .data import pixelate, random_flip, to_float
 from .faces import ATTRIBUTES
 from .forward import check_choice
 from .runs import DataSource, read_config
@@ -121,7 +121,7 @@ def codes_fingerprint(codes: torch.Tensor) -> str:
     codes = torch.as_tensor(codes, dtype=torch.long).contiguous()
     return hashlib.sha256(repr(tuple(codes.shape)).encode() + codes.numpy().tobytes()).hexdigest()
 
-# %% ../nbs/10_guidance.ipynb #ed168f0c0e
+# %% ../nbs/10_guidance.ipynb #bdb868a20e
 CELEBA_ATTRIBUTES_FILE = 'list_attr_celeba.txt'
 
 def read_celeba_attributes(path) -> tuple:
@@ -131,9 +131,11 @@ def read_celeba_attributes(path) -> tuple:
     if not path.is_file(): raise FileNotFoundError(f"attribute file {path} does not exist")
     try: lines = path.read_text(encoding='utf-8-sig').splitlines()            # a byte-order mark is not part of line 1
     except UnicodeDecodeError as e: raise ValueError(f"{path} is not a text file ({e.reason}); give CelebA's {CELEBA_ATTRIBUTES_FILE}") from None
-    if len(lines) < 2 or not (lines[0].strip().isascii() and lines[0].strip().isdigit()):
+    if not lines: raise ValueError(f"{path} is empty; give CelebA's {CELEBA_ATTRIBUTES_FILE}")
+    if not (lines[0].strip().isascii() and lines[0].strip().isdigit()):
         raise ValueError(f"{path}, line 1: expected the number of images, as in CelebA's {CELEBA_ATTRIBUTES_FILE}, "
-                         f"got {lines[0][:40]!r}" if lines else f"{path} is empty; give CelebA's {CELEBA_ATTRIBUTES_FILE}")
+                         f"got {lines[0][:40]!r}")
+    if len(lines) < 2: raise ValueError(f"{path}, line 2: expected the attribute names, but the file ends after line 1")
     names = lines[1].split()
     if not names or len(set(names)) != len(names):
         raise ValueError(f"{path}, line 2: expected distinct attribute names, got {lines[1][:60]!r}")
@@ -205,7 +207,7 @@ def _synthetic_attributes(source):
     from face_diffusion.faces import synthetic_faces
     return synthetic_faces(source.n, size=source.size, seed=source.seed)[1]
 
-# %% ../nbs/10_guidance.ipynb #3b9da62d15
+# %% ../nbs/10_guidance.ipynb #9cf7841915
 P_UNCOND, P_GROUP = 0.2, 0.25     # condition dropout: all groups at once, and each group on its own
 
 class AttributeCondition:
@@ -213,18 +215,19 @@ class AttributeCondition:
     condition with probability `p_uncond` (it then trains the null, unconditional model that guidance needs), and
     otherwise each group on its own with probability `p_group` (so that partial requests are in the training data)."""
     kind = 'attributes'
-    def __init__(self, schema: AttributeSchema, codes, labels: dict | None = None, p_uncond: float = P_UNCOND,
+    def __init__(self, schema: AttributeSchema, codes, label_source: dict | None = None, p_uncond: float = P_UNCOND,
                  p_group: float = P_GROUP):
         for name, p in (('p_uncond', p_uncond), ('p_group', p_group)):
             if not (isinstance(p, (int, float)) and 0 <= p < 1): raise ValueError(f"{name} = {p!r} must be in [0, 1), such as 0.2")
-        self.schema, self.codes, self.labels = schema, torch.as_tensor(codes, dtype=torch.long), labels or {'kind': 'tensor'}
+        self.schema, self.codes = schema, torch.as_tensor(codes, dtype=torch.long)
+        self.label_source = label_source or {'kind': 'tensor'}               # where the codes came from (load_labels' record)
         self.p_uncond, self.p_group = float(p_uncond), float(p_group)
         self.attributes, self.unknown = schema.encode(self.codes)              # a (N, A), unknown (N, G)
 
     def check(self, unet_config: UNetConfig, images):
         if len(self.codes) != len(images):
             raise ValueError(f"there are {len(self.codes)} labels for {len(images)} images; give one label row per image")
-        if unet_config.cond_attributes != self.schema.width or unet_config.attribute_groups != self.schema.sizes:
+        if unet_config.cond_attributes != self.schema.width or unet_config.attribute_groups != self.schema.sizes:   # cond_groups, or one group
             raise ValueError(f"the U-Net takes {unet_config.cond_attributes} attributes in groups {unet_config.attribute_groups}, "
                              f"but the labels are {self.schema.width} in groups {self.schema.sizes}; build it with "
                              f"conditioned_unet(...)")
@@ -233,9 +236,9 @@ class AttributeCondition:
         if self.attributes.device != index.device:
             self.attributes, self.unknown = self.attributes.to(index.device), self.unknown.to(index.device)
         n, G = len(index), len(self.schema.sizes)
-        everything = torch.rand(n, 1, generator=generator, device=index.device) < self.p_uncond    # drop all groups
-        one_group = torch.rand(n, G, generator=generator, device=index.device) < self.p_group      # drop this group
-        return Condition(attributes=self.attributes[index], drop=self.unknown[index] | everything | one_group)
+        drop_all = torch.rand(n, 1, generator=generator, device=index.device) < self.p_uncond     # the whole condition
+        drop_each = torch.rand(n, G, generator=generator, device=index.device) < self.p_group    # each group on its own
+        return Condition(attributes=self.attributes[index], drop=self.unknown[index] | drop_all | drop_each)
 
     def preview(self, n: int) -> Condition:
         "The labels of the first n training images (repeated if there are fewer), nothing dropped."
@@ -244,10 +247,10 @@ class AttributeCondition:
                          drop=self.unknown[index.to(self.unknown.device)])
 
     def to_dict(self) -> dict:
-        return {'kind': self.kind, **self.schema.to_dict(), 'labels': self.labels, 'count': len(self.codes),
+        return {'kind': self.kind, **self.schema.to_dict(), 'labels': self.label_source, 'count': len(self.codes),
                 'sha256': codes_fingerprint(self.codes), 'p_uncond': self.p_uncond, 'p_group': self.p_group}
 
-# %% ../nbs/10_guidance.ipynb #587d4be218
+# %% ../nbs/10_guidance.ipynb #f495659f18
 CONDITIONS = ('attributes', 'layout')
 
 def make_condition(kind: str, source: DataSource, attributes_file=None, p_uncond: float = P_UNCOND,
@@ -283,19 +286,20 @@ def resume_conditioned(run_dir, images=None, extra_steps: int | None = None, **k
     cfg = read_config(run_dir)
     if not cfg.get('condition'): return Trainer.resume(run_dir, images, extra_steps, **kwargs)
     source = DataSource.from_dict(cfg['data'])
-    if images is not None: source.use(images)
+    if images is not None: source.use(images)                          # the images given, checked against the run's fingerprint
     return Trainer.resume(run_dir, images, extra_steps, condition=condition_from_config(cfg['condition'], source), **kwargs)
 
-# %% ../nbs/10_guidance.ipynb #994ab2931c
+# %% ../nbs/10_guidance.ipynb #99e591e01c
 def classifier_free_guidance(out_cond: torch.Tensor, out_uncond: torch.Tensor, scale: float,
                              rescale: float = 0.0) -> torch.Tensor:
-    """Mix the conditional and unconditional outputs of one model (in its own objective: ε, x_0 or v):
-    ô = ô_∅ + w (ô_c − ô_∅); then, if `rescale` φ > 0, pull each image's standard deviation back towards ô_c's."""
+    """Mix the conditional and unconditional outputs of one model: ô = ô_∅ + w (ô_c − ô_∅), the same rule in any
+    objective (ε, x_0 or v). With `rescale` φ ∈ [0, 1] > 0, pull each image's standard deviation back towards ô_c's
+    (Lin et al. 2023): meant for v outputs, since it is not the same rule in other objectives."""
     guided = out_uncond + scale * (out_cond - out_uncond)                   # ô = ô_∅ + w (ô_c − ô_∅)
     if rescale:
-        dims = tuple(range(1, guided.ndim))
+        dims = tuple(range(1, guided.ndim))                                 # one image's channels and pixels
         ratio = out_cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True).clamp_min(1e-12)
-        guided = rescale * (guided * ratio) + (1 - rescale) * guided       # φ ô σ(ô_c)/σ(ô) + (1 − φ) ô
+        guided = rescale * (guided * ratio) + (1 - rescale) * guided       # φ ô std(ô_c)/std(ô) + (1 − φ) ô
     return guided
 
 def group_flags(drop, n: int, groups: int, device=None) -> torch.Tensor:
@@ -305,14 +309,15 @@ def group_flags(drop, n: int, groups: int, device=None) -> torch.Tensor:
     if d.ndim == 0: d = d.expand(n)
     return d[:, None].expand(n, groups) if d.ndim == 1 else d
 
-def _twice(v):
-    "A condition field repeated for the doubled batch (None and single numbers stay as they are)."
+def _doubled(v):
+    "A condition field repeated for the batch of 2N (None and single numbers stay as they are)."
     return torch.cat([v, v]) if isinstance(v, torch.Tensor) and v.ndim else v
 
 class GuidedModel(nn.Module):
-    """A model with classifier-free guidance built in: `GuidedModel(model, w)(x_t, t, cond)` runs the conditional and
-    the unconditional (every group null) passes as one batch of 2N and mixes them. w = 1 is the plain conditional model
-    and w = 0 the unconditional one; a condition with every group dropped needs only one pass."""
+    """A model with classifier-free guidance built in: `GuidedModel(model, w, φ)(x_t, t, cond)` runs the conditional pass
+    and the unconditional one (every attribute group dropped; an image or level in `cond` stays in both) as one batch of
+    2N, and mixes them by `classifier_free_guidance`. w = 1 (without φ) and a condition with every group dropped need
+    only one pass, since then ô_c = ô_∅ or there is nothing to mix."""
     def __init__(self, model: nn.Module, scale: float, rescale: float = 0.0):
         super().__init__()
         if isinstance(scale, bool) or not (isinstance(scale, (int, float)) and scale >= 0):
@@ -320,20 +325,21 @@ class GuidedModel(nn.Module):
         if isinstance(rescale, bool) or not (isinstance(rescale, (int, float)) and 0 <= rescale <= 1):
             raise ValueError(f"guidance rescale = {rescale!r} must be from 0 to 1, such as 0.7")
         self.model, self.scale, self.rescale = model, float(scale), float(rescale)
-        self.config = model.config
+        self.config = model.config                                          # what callers read of a U-Net
 
     def forward(self, x_t, t, cond=None):
         cond, n = as_condition(cond), len(x_t)
         if cond.attributes is None or (self.scale == 1 and not self.rescale): return self.model(x_t, t, cond)
         drop = group_flags(cond.drop, n, len(self.config.attribute_groups), x_t.device)
-        if bool(drop.all()): return self.model(x_t, t, cond)                           # ô_c = ô_∅: nothing to guide
-        both = Condition(attributes=_twice(torch.as_tensor(cond.attributes, device=x_t.device)), image=_twice(cond.image),
-                         level=_twice(cond.level), drop=torch.cat([drop, torch.ones_like(drop)]))   # c, then ∅
-        out_cond, out_uncond = self.model(torch.cat([x_t, x_t]), torch.cat([t, t]), both).float().chunk(2)
+        if bool(drop.all()): return self.model(x_t, t, cond)                           # nothing asked for: ô_c = ô_∅
+        both = Condition(attributes=_doubled(torch.as_tensor(cond.attributes, device=x_t.device)), image=_doubled(cond.image),
+                         level=_doubled(cond.level), drop=torch.cat([drop, torch.ones_like(drop)]))   # c, then ∅
+        out = self.model(torch.cat([x_t, x_t]), torch.cat([t, t]), both).float()      # mixed in float32, even under autocast
+        out_cond, out_uncond = out.chunk(2)
         return classifier_free_guidance(out_cond, out_uncond, self.scale, self.rescale)
 
-# %% ../nbs/10_guidance.ipynb #f14f24261e
-DEFAULT_GUIDANCE = 3.0                 # w of `sample_attributes` and `face-diffusion sample --attr`
+# %% ../nbs/10_guidance.ipynb #f7707a181e
+DEFAULT_GUIDANCE = 2.0                 # w of `sample_attributes` and `face-diffusion sample --attr` (chosen in section 6)
 GUIDANCE_SCALES = (0, 1, 2, 3, 5, 8)   # the scales the chapter measures
 
 def attribute_condition(schema: AttributeSchema, request, n: int) -> Condition:
@@ -358,10 +364,13 @@ def sample_attributes(run, n: int, request=None, guidance: float = DEFAULT_GUIDA
     """n faces from an attribute-conditioned run with the attributes of `request` (see `attribute_condition`; None:
     the null condition), classifier-free guidance of scale `guidance` (rescaled by `rescale`); the other keyword
     arguments go to `sample_run` (sampler, steps, callback, progress, …)."""
+    if rescale and run.objective != 'v':
+        raise ValueError(f"rescaled guidance is defined on v predictions (Lin et al. 2023); this run predicts {run.objective}, "
+                         f"so leave rescale at 0")
     cond = attribute_condition(run_schema(run), {} if request is None else request, n)
     return sample_run(run, n, seed=seed, cond=cond, model=GuidedModel(run.model, guidance, rescale), **kwargs)
 
-# %% ../nbs/10_guidance.ipynb #39f51cc124
+# %% ../nbs/10_guidance.ipynb #0614c6fd24
 class AttributeClassifier(nn.Module):
     "A small CNN that reads every attribute group of a face (one softmax per group): the judge of the samples."
     def __init__(self, schema: AttributeSchema, width: int = 32):
@@ -369,7 +378,7 @@ class AttributeClassifier(nn.Module):
         self.schema, c = schema, width
         block = lambda i, o, s: [nn.Conv2d(i, o, 3, stride=s, padding=1), nn.GroupNorm(8, o), nn.SiLU()]
         self.features = nn.Sequential(*block(3, c, 1), *block(c, 2 * c, 2), *block(2 * c, 2 * c, 2), *block(2 * c, 4 * c, 2),
-                                      nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(64 * c, 256), nn.SiLU())
+                                      nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(64 * c, 256), nn.SiLU())   # 4c channels × 4×4 cells
         self.head = nn.Linear(256, schema.width)                 # every group's logits, side by side
 
     def forward(self, x): return self.head(self.features(x))
@@ -405,9 +414,9 @@ def attribute_accuracy(predicted: torch.Tensor, requested: torch.Tensor) -> torc
     "Per group, the fraction of images whose predicted code is the requested one (over images that request the group; NaN if none)."
     asked = requested >= 0
     hits = ((predicted == requested) & asked).sum(0).float()
-    return hits / asked.sum(0).float().where(asked.any(0), torch.tensor(float('nan')))
+    return torch.where(asked.any(0), hits / asked.sum(0).clamp_min(1), torch.tensor(float('nan')))
 
-# %% ../nbs/10_guidance.ipynb #db7d016e34
+# %% ../nbs/10_guidance.ipynb #df37667934
 def guidance_frames(run, request, scales=GUIDANCE_SCALES, n: int = 8, seed: int = 0, rescale: float = 0.0,
                     steps: int = 25) -> torch.Tensor:
     "One uint8 grid of n faces per guidance scale, all from the same starting noise: (len(scales), 3, H, W)."
@@ -420,17 +429,15 @@ def guidance_widget(run, requests: dict, scales=GUIDANCE_SCALES, n: int = 8, see
     """Pick a request (`requests`: {label: request}) and drag w: the same n starting noises for every w and request,
     so what changes is guidance alone. The frames are computed up front; the slider only looks them up."""
     from face_diffusion.widgets import frame_slider
-    frames = {label: guidance_frames(run, req, scales, n, seed, rescale, steps)[:, None] for label, req in requests.items()}
+    frames = {label: guidance_frames(run, req, scales, n, seed, rescale, steps)[:, None]   # (F, P = 1 panel, 3, H, W)
+              for label, req in requests.items()}
     return frame_slider(frames, labels=[f"w = {w}" for w in scales], values=list(scales), description='w',
                         choice_description='asking for', scale=2, slider_class='fd-guidance-slider')
 
-# %% ../nbs/10_guidance.ipynb #18a5548837
-def coarse_layout(x: torch.Tensor, cells: int = 4) -> torch.Tensor:
-    "Each image's mean colour in a cells×cells grid, blown back up to its size: where the hair, skin and background are."
-    return F.interpolate(F.adaptive_avg_pool2d(x, cells), size=x.shape[-2:], mode='nearest')
-
+# %% ../nbs/10_guidance.ipynb #367b70e937
 class LayoutCondition:
-    "An image condition for the Trainer: the coarse colour layout of each training image (after its flip), concatenated to x_t."
+    """An image condition for the Trainer: each training image's coarse colour layout (after its flip), its mean colour in
+    a cells×cells grid (chapter 00's `pixelate`), concatenated to x_t: where the hair, skin and background are."""
     kind = 'layout'
     def __init__(self, cells: int = 4):
         if isinstance(cells, bool) or not isinstance(cells, int) or cells < 1: raise ValueError(f"cells = {cells!r} must be a whole number ≥ 1")
@@ -440,9 +447,8 @@ class LayoutCondition:
             raise ValueError(f"a layout condition is an RGB image; build the U-Net with cond_image_channels=3 "
                              f"(it has {unet_config.cond_image_channels})")
         self._first = images[:64]
-    def batch(self, index, x0, generator) -> Condition: return Condition(image=coarse_layout(x0, self.cells))
+    def batch(self, index, x0, generator) -> Condition: return Condition(image=pixelate(x0, self.cells))
     def preview(self, n: int) -> Condition:
-        from face_diffusion.data import to_float
         first = to_float(self._first[torch.arange(n) % len(self._first)])
-        return Condition(image=coarse_layout(first, self.cells))
+        return Condition(image=pixelate(first, self.cells))
     def to_dict(self) -> dict: return {'kind': self.kind, 'cells': self.cells}

@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 
 from face_diffusion.conditioning import (SYNTHETIC_SCHEMA, AttributeCondition, AttributeSchema, LayoutCondition,
-                                         codes_fingerprint, coarse_layout, conditioned_unet, load_labels,
+                                         codes_fingerprint, conditioned_unet, load_labels,
                                          make_condition, read_celeba_attributes, resume_conditioned, synthetic_codes)
-from face_diffusion.data import synthetic_faces, to_float
+from face_diffusion.data import pixelate, synthetic_faces, to_float
 from face_diffusion.runs import DataSource, checkpoints, load_run, read_config
 from face_diffusion.training import TrainConfig, Trainer
 from face_diffusion.unet import Condition, UNetConfig, build_unet
@@ -134,6 +134,8 @@ MALFORMED = {   # name: (how to write the file, what the one-line message must s
     'wrong count': (lambda p: write_celeba(p, count=5), 'line 1'),
     'no count': (lambda p: write_celeba(p, count='images'), 'line 1'),
     'empty': (lambda p: p.write_bytes(b''), 'is empty'),
+    'count only': (lambda p: p.write_text('3\n'), 'line 2', 'attribute names'),
+    'count with a byte-order mark': (lambda p: p.write_text('\ufeff3\n', encoding='utf-8'), 'line 2', 'attribute names'),
     'binary': (lambda p: p.write_bytes(b'\xff\xd8\xff\xe0\x00\x10JFIF' + bytes(range(256)) * 4), 'not a text file'),
     'listed twice': (lambda p: write_celeba(p, rows=[ROWS[0], ROWS[1], ('000002.jpg', [1, 1, 1])]),
                      '000002.jpg', 'twice'),
@@ -197,7 +199,7 @@ def test_celeba_layout_labels_follow_the_folders_file_order(tmp_path):
     assert record == {'kind': 'celeba', 'path': str((tmp_path / 'celeba' / 'list_attr_celeba.txt').resolve())}
     # the same through make_condition, now from the image cache; and from an Anno/ folder beside the images
     cond = make_condition('attributes', DataSource('folder', 16, path=folder))
-    assert list((tmp_path / 'cache').iterdir()) and torch.equal(cond.codes, codes) and cond.labels == record
+    assert list((tmp_path / 'cache').iterdir()) and torch.equal(cond.codes, codes) and cond.label_source == record
     (tmp_path / 'celeba' / 'Anno').mkdir()
     os.replace(tmp_path / 'celeba' / 'list_attr_celeba.txt', tmp_path / 'celeba' / 'Anno' / 'list_attr_celeba.txt')
     schema, again, record = load_labels(DataSource('folder', 16, path=folder))
@@ -258,7 +260,7 @@ def test_an_explicit_attributes_file_wins(tmp_path):
     assert codes.tolist() == [[1, 1], [0, 1], [0, 0], [1, 0]]                 # Smiling flipped
     assert record == {'kind': 'celeba', 'path': str(mine.resolve())}
     cond = make_condition('attributes', DataSource('folder', 16, path=folder), attributes_file=mine)
-    assert torch.equal(cond.codes, codes) and cond.labels == record
+    assert torch.equal(cond.codes, codes) and cond.label_source == record
     # an attributes file for a folder of classes takes over from the subfolders
     root = class_folder(tmp_path / 'classes', {'cat_a': ['000001.png', '000002.jpg'],
                                                'cat_b': ['000003.jpg', '000004.png']})
@@ -491,7 +493,7 @@ def test_a_folder_run_refuses_a_changed_attribute_file(tmp_path):
     run = tmp_path / 'run'
     Trainer(conditioned_unet('tiny', 16, cond), train_config(), source, run, device='cpu', progress=False,
             condition=cond).fit()
-    assert read_config(run)['condition']['labels'] == cond.labels
+    assert read_config(run)['condition']['labels'] == cond.label_source
     attributes = tmp_path / 'celeba' / 'list_attr_celeba.txt'
     original = attributes.read_bytes()
     attributes.write_bytes(original.replace(b'000002.jpg  1  1', b'000002.jpg  1 -1'))   # one label changed
@@ -504,9 +506,9 @@ def test_a_folder_run_refuses_a_changed_attribute_file(tmp_path):
 # --- the coarse layout ---
 
 @pytest.mark.parametrize('size, cells', [(32, 4), (16, 2), (16, 1), (32, 8)])
-def test_coarse_layout_is_the_cell_means(size, cells):
+def test_the_layout_is_the_cell_means(size, cells):
     x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    layout = coarse_layout(x, cells)
+    layout = pixelate(x, cells)
     assert layout.shape == x.shape
     s = size // cells
     for i in range(cells):
@@ -520,7 +522,7 @@ def test_coarse_layout_is_the_cell_means(size, cells):
 def test_layout_condition_batch_and_refusals():
     x0 = to_float(synthetic_faces(4, 32)[0])
     c = LayoutCondition(cells=4).batch(torch.arange(4), x0, torch.Generator())
-    assert c.attributes is None and c.drop is None and torch.equal(c.image, coarse_layout(x0, 4))
+    assert c.attributes is None and c.drop is None and torch.equal(c.image, pixelate(x0, 4))
     for bad in (0, -1, 2.5, True, '4'):
         refused(lambda: LayoutCondition(cells=bad), 'cells')
 
