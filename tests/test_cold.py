@@ -22,17 +22,9 @@ from face_diffusion.runs import DataSource, checkpoints, load_run, read_config
 from face_diffusion.sampling import DDIMSampler, GaussianOracle, sample
 from face_diffusion.training import TrainConfig, Trainer, restoration_loss
 from face_diffusion.unet import UNetConfig
+from one_line import refused
 
 UNET16 = UNetConfig.preset('tiny', image_size=16)
-
-
-def refused(call, *fragments, error=ValueError):
-    "The message of the error `call()` raises, checked to be one line holding each of `fragments`."
-    with pytest.raises(error) as caught: call()
-    message = str(caught.value)
-    assert '\n' not in message, message
-    for fragment in fragments: assert fragment in message, (fragment, message)
-    return message
 
 
 def faces(n=8, size=32, seed=1):

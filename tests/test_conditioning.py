@@ -15,6 +15,7 @@ from face_diffusion.data import pixelate, synthetic_faces, to_float
 from face_diffusion.runs import DataSource, checkpoints, load_run, read_config
 from face_diffusion.training import TrainConfig, Trainer
 from face_diffusion.unet import Condition, UNetConfig, build_unet
+from one_line import refused
 
 # three groups of different sizes, so that an offset taken from the wrong group shows
 SCHEMA = AttributeSchema({'glasses': ['none', 'round', 'square', 'sunglasses'], 'Smiling': ['no', 'yes'],
@@ -26,15 +27,6 @@ OFFSETS = (0, 4, 6)                     # where each group's block starts in the
 def cache(tmp_path, monkeypatch):
     "Image folders decoded here are cached under the test's own folder, never in the user's cache."
     monkeypatch.setenv('FACE_DIFFUSION_CACHE', str(tmp_path / 'cache'))
-
-
-def refused(call, *fragments, error=ValueError):
-    "The message of the error `call()` raises, checked to be one line holding each of `fragments`."
-    with pytest.raises(error) as caught: call()
-    message = str(caught.value)
-    assert '\n' not in message, message
-    for fragment in fragments: assert fragment in message, (fragment, message)
-    return message
 
 
 # --- AttributeSchema ---
