@@ -46,10 +46,10 @@ def test_presets_build_the_promised_sizes():
     with torch.device('meta'):
         n = {name: count_parameters(build_unet(name)) for name in PRESETS}
         assert flops_per_image(build_unet('faces64')) > flops_per_image(build_unet('cpu32'))
-    assert n['tiny'] < 0.3e6 and 1e6 <= n['cpu32'] <= 3e6 and 30e6 <= n['faces64'] <= 40e6
+    assert n['tiny'] < 0.3e6 and 1e6 <= n['cpu32'] <= 3e6 and 0.5e6 <= n['sr64'] <= 1.2e6 and 30e6 <= n['faces64'] <= 40e6
     assert isinstance(build_unet('tiny'), UNet)
     assert isinstance(build_unet(small('simple')), SimpleUNet)
-    with pytest.raises(ValueError, match='tiny, cpu32, faces64'):
+    with pytest.raises(ValueError, match='tiny, cpu32, sr64, faces64'):
         UNetConfig.preset('huge')
 
 
