@@ -271,6 +271,9 @@ def conditioned_unet(spec, image_size: int, condition) -> UNetConfig:
 
 def condition_from_config(record: dict, source: DataSource):
     "Rebuild a run's condition from its config.json record, reading its labels again (refused if they changed)."
+    if record['kind'] not in CONDITIONS:
+        raise ValueError(f"this run's condition is {record['kind']!r}, not one of chapter 10's ({', '.join(CONDITIONS)}); "
+                         f"resume it with its own chapter's function (superres: face_diffusion.cascade.resume_superres)")
     if record['kind'] == 'layout': return LayoutCondition(record['cells'])
     labels = record['labels']
     if labels['kind'] == 'tensor': raise ValueError("this run's labels were given in Python; resume it with Trainer.resume(run_dir, condition=...)")

@@ -413,8 +413,9 @@ class Trainer:
         `resume_conditioned` rebuilds it from the run)."""
         cfg = read_config(run_dir)
         if cfg.get('condition') and condition is None:
-            raise ValueError(f"{run_dir} is conditioned ({cfg['condition'].get('kind')}); resume it with "
-                             f"face_diffusion.conditioning.resume_conditioned(run_dir) or the command line")
+            kind = cfg['condition'].get('kind')
+            how = 'cascade.resume_superres' if kind == 'superres' else 'conditioning.resume_conditioned'   # chapter 12 or 10
+            raise ValueError(f"{run_dir} is conditioned ({kind}); resume it with face_diffusion.{how}(run_dir) or the command line")
         if cfg.get('degradation') and degradation is None:
             raise ValueError(f"{run_dir} restores a degradation ({cfg['degradation'].get('kind')}); resume it with "
                              f"face_diffusion.cold.resume_cold(run_dir) or the command line")

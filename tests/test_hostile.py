@@ -429,3 +429,87 @@ def test_sample_attr_from_a_class_folder_run(tmp_path):
     code, said, err = run('sample', '--run', out, '--attr', 'class=sad', '--n', '2', '--steps', '2', '--out', tmp_path / 's.png')
     assert code == 0 and (tmp_path / 's.png').is_file() and "{'class': 'sad'}" in said, err
     refused(*run('sample', '--run', out, '--attr', 'class=angry', '--out', tmp_path / 's.png')[::2], 'use one of happy, sad')
+
+
+# ---- 10. The cascade (chapter 12) ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def superres(tmp_path_factory):
+    "A tiny super-resolution run, 32 → 64 px, of 1 step (its model file: 'tiny' with attention at 16 px, a side it has)."
+    from face_diffusion.unet import PRESETS
+    d = tmp_path_factory.mktemp('superres')
+    (d / 'tiny64.json').write_text(json.dumps({**PRESETS['tiny'], 'attention_resolutions': [16]}))
+    code, _, err = run('train', '--condition', 'superres', '--model', d / 'tiny64.json', '--size', '64', '--batch', '4',
+                       '--n-images', '8', '--steps', '1', '--out', d / 'run')
+    assert code == 0, err
+    return d / 'run'
+
+
+def a_photo(path: Path, width: int = 40, height: int = 50) -> Path:
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.mark.parametrize('args, words', [
+    (['--condition', 'superres', '--size', '48'], ['--size must be a multiple of 32 larger than 32', 'e.g. 64', 'got 48']),
+    (['--condition', 'superres', '--size', '32'], ['--size must be a multiple of 32 larger than 32', 'got 32']),
+    (['--condition', 'superres', '--size', '64', '--p-uncond', '0.1'], ['--p-uncond goes with --condition attributes']),
+    (['--condition', 'superres', '--size', '64', '--p-group', '0.1'], ['--p-group goes with --condition attributes']),
+    (['--condition', 'superres', '--size', '64', '--attributes-file', 'list_attr_celeba.txt'], ['--attributes-file goes with']),
+    (['--condition', 'superres', '--size', '64', '--degradation', 'blur'], ['--degradation and --condition']),
+    (['--size', '16', '--max-level', '0.3'], ['--max-level goes with --condition superres']),
+    (['--size', '16', '--condition', 'layout', '--max-level', '0.3'], ['--max-level goes with --condition superres']),
+    (['--condition', 'superres', '--size', '64', '--max-level', '1.5'], ['argument --max-level: must be a finite number']),
+])
+def test_train_superres_refuses_what_it_cannot_use(args, words, tmp_path, monkeypatch):
+    import face_diffusion.runs as runs
+    monkeypatch.setattr(runs.DataSource, 'load', lambda self: pytest.fail('the data were drawn before the refusal'))
+    refused(*run('train', '--model', 'tiny', '--batch', '4', '--n-images', '8', '--steps', '1', *args, '--out', tmp_path / 'r')[::2],
+            *words)
+    assert not (tmp_path / 'r').exists()
+
+
+@pytest.mark.parametrize('image, options, words', [
+    ('missing.png', [], ['missing.png does not exist']),
+    ('folder', [], ['is a folder; name one image file']),
+    ('corrupt.png', [], ['corrupt.png is not a readable image']),
+    ('small.png', [], ['small.png is 40×20 px', 'at least 32×32 px']),
+    ('photo.jpg', ['--out', 'face.jpg'], ["argument --out: must name a .png file, got 'face.jpg'"]),
+    ('photo.jpg', ['--out', 'dir.png'], ["argument --out: 'dir.png' is a folder"]),
+    ('photo.jpg', ['--run', 'trained'], ['is not a super-resolution run']),
+    ('photo.jpg', ['--run', 'no_such_run'], ['--run no_such_run: not a run folder']),
+    ('photo.jpg', ['--level', '1.5'], ['argument --level: must be a finite number ≥ 0 and ≤ 1']),
+    ('photo.jpg', ['--level', '-0.5'], ['argument --level: must be a finite number ≥ 0 and ≤ 1']),
+    ('photo.jpg', ['--level', 'nan'], ['argument --level: must be a finite number']),
+    ('photo.jpg', ['--steps', '0'], ['argument --steps: must be at least 1']),
+    ('photo.jpg', ['--steps', '5000'], ["--steps 5000 is more than the model's T = 1000"]),
+])
+def test_upscale_refuses_bad_photos_runs_and_levels(superres, trained, tmp_path, monkeypatch, image, options, words):
+    monkeypatch.chdir(tmp_path)
+    a_photo(tmp_path / 'photo.jpg'); a_photo(tmp_path / 'small.png', 40, 20)
+    (tmp_path / 'corrupt.png').write_bytes(b'not a png at all')
+    (tmp_path / 'folder').mkdir(); (tmp_path / 'dir.png').mkdir()
+    given = {'trained': trained}
+    options = [given.get(o, o) for o in options]
+    out = [] if '--out' in options else ['--out', 'face.png']
+    before = tree(tmp_path)
+    refused(*run('upscale', image, '--run', superres, *out, *options)[::2], *words)
+    assert tree(tmp_path) == before                                        # nothing written
+
+
+@pytest.mark.parametrize('options, words', [
+    (['--sr-run', 'SR'], ["--sr-run: only for upscaling, with a --size larger than the model's 16 px"]),
+    (['--aug-level', '0.2'], ['--aug-level: only for upscaling']),
+    (['--sr-steps', '3', '--size', '16'], ['--sr-steps: only for upscaling']),
+    (['--size', '64', '--sr-run', 'BASE'], ['is not a super-resolution run']),
+    (['--size', '64', '--sr-run', 'no_such_run'], ['--sr-run no_such_run: not a run folder']),
+    (['--size', '64', '--sr-run', 'SR'], ['the model makes 16 px faces', 'sample a 32 px model']),
+    (['--size', '64', '--sr-run', 'SR', '--aug-level', '2'], ['argument --aug-level: must be a finite number ≥ 0 and ≤ 1']),
+    (['--run', 'SR'], ['is a super-resolution model', '--sr-run', 'face-diffusion upscale']),
+])
+def test_sample_size_refuses_options_and_runs_that_do_not_fit(superres, trained, tmp_path, options, words):
+    given = {'SR': superres, 'BASE': trained}
+    options = [given.get(o, o) for o in options]
+    base = [] if '--run' in options else ['--run', trained]
+    refused(*run('sample', *base, '--n', '2', *options, '--out', tmp_path / 's.png')[::2], *words)
+    assert not (tmp_path / 's.png').exists()
