@@ -1,4 +1,4 @@
-"""A second diffusion model that turns a 32 px face into a 64 px one, conditioned on the upsampled small image and on how much noise was added to it. Conditioning augmentation, the finding of Ho et al.'s cascades, measured: trained without it, the upscaler does well on real small faces and worse on the base model's. The cascade against a model trained directly at 64 px for the same CPU time.
+"""A second diffusion model that turns a 32 px face into a 64 px one, conditioned on the upsampled small image and on how much noise was added to it. Conditioning augmentation, the finding of Ho et al.'s cascades, put to the test: an upscaler trained with and without it, on real small faces and on the base model's. The cascade against a model trained directly at 64 px for the same CPU time.
 
 Docs: https://face-diffusion.github.io/face_diffusion/cascade.html.md"""
 
@@ -36,7 +36,7 @@ def upsample(x: torch.Tensor, size: int) -> torch.Tensor:
     "Bilinear upsampling to size×size, U(y): the right size and colours, blurred."
     return F.interpolate(x, size=(size, size), mode='bilinear', align_corners=False)
 
-# %% ../nbs/12_cascade.ipynb #d000def97a
+# %% ../nbs/12_cascade.ipynb #557a20ce9c
 MAX_LEVEL = 0.5     # training draws each image's augmentation level s ~ U(0, MAX_LEVEL)
 
 def _levels(level, n: int, device) -> torch.Tensor:
@@ -58,7 +58,7 @@ def superres_condition(low: torch.Tensor, size: int, level, generator=None) -> C
     s = _levels(level, len(low), low.device)
     return Condition(image=upsample(augment(low, s, generator), size), level=s)
 
-# %% ../nbs/12_cascade.ipynb #88e761bac3
+# %% ../nbs/12_cascade.ipynb #08577123df
 class SuperResCondition:
     """The Trainer's condition for super-resolution: each batch's images shrunk to `low_size` (D), noised at a level
     s ~ U(0, max_level) drawn per image (z = y + s ξ), upsampled back (U): Condition(image=U(z), level=s).
@@ -108,10 +108,10 @@ def resume_superres(run_dir, extra_steps: int | None = None, **kwargs) -> Traine
     condition = SuperResCondition(record['low_size'], record['max_level'])
     return Trainer.resume(run_dir, extra_steps=extra_steps, condition=condition, **kwargs)
 
-# %% ../nbs/12_cascade.ipynb #887a1130a6
+# %% ../nbs/12_cascade.ipynb #de8140c449
 SR_STEPS = 20           # DPM-Solver++ steps of the super-resolution stage (section 4 measures 5 … 50)
 DEFAULT_LEVEL = 0.1     # the augmentation level s at sampling time (section 6 measures 0 … 0.3)
-_SR_SEED = 1_000_003    # the upscaler's noise comes from seed + this, so it never repeats the base model's
+_SR_SEED = 1_000_003    # the upscaler's noise comes from seed + this: within one cascade, the two stages never share noise
 
 def is_superres_run(run) -> bool:
     "Whether a loaded run (`load_run`) is a super-resolution model."
@@ -167,7 +167,7 @@ def upscale_samples(sr_run, small: torch.Tensor, seed: int = 0, level: float = D
     "The cascade's second stage: `upscale` a base model's samples of `seed`, with the upscaler's own seed for it."
     return upscale(sr_run, small, level, seed=seed + _SR_SEED, steps=steps, progress=progress)
 
-# %% ../nbs/12_cascade.ipynb #8bdb9a08f8
+# %% ../nbs/12_cascade.ipynb #79699ba035
 WIDGET_LEVELS = (0.0, 0.1, 0.2, 0.3, 0.5)
 
 def augmentation_frames(sr_run, small: torch.Tensor, levels=WIDGET_LEVELS, seed: int = 0, steps: int | None = SR_STEPS) -> torch.Tensor:
@@ -185,7 +185,7 @@ def augmentation_widget(sr_run, small: torch.Tensor, levels=WIDGET_LEVELS, seed:
                         panels=['small face'] + [f"s = {s:g}" for s in levels], description='face', scale=2,
                         slider_class='fd-augmentation-slider')
 
-# %% ../nbs/12_cascade.ipynb #50ff8bbc6d
+# %% ../nbs/12_cascade.ipynb #0df93b364a
 def load_small_face(path, size: int = LOW_SIZE) -> torch.Tensor:
     """A photo as a small face for `upscale`: uint8 3×size×size, its central square resized (chapter 00's `load_image`).
     A photo smaller than `size` on its shorter side is refused: it holds less than the model would be told."""

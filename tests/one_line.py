@@ -1,4 +1,6 @@
-"Shared by the test files: checks that an error is one line naming what to fix."
+"Shared by the test files: checks that an error is one line naming what to fix, and the command line run in-process."
+import contextlib, io
+
 import pytest
 
 
@@ -9,3 +11,13 @@ def refused(call, *fragments, error=ValueError):
     assert '\n' not in message, message
     for fragment in fragments: assert fragment in message, (fragment, message)
     return message
+
+
+def run_main(*args):
+    "`face-diffusion ARGS` in-process: (exit status, stdout, stderr); argparse's own exits are caught."
+    from face_diffusion.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try: code = main([str(a) for a in args])
+        except SystemExit as e: code = e.code
+    return code, out.getvalue(), err.getvalue()

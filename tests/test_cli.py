@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from one_line import run_main
 from face_diffusion.cli import main
 from face_diffusion.data import image_grid, synthetic_faces
 
@@ -71,16 +72,6 @@ def test_bad_value_in_a_process(tmp_path):
     assert r.returncode == 2 and r.stdout == ''
     assert r.stderr.strip() == 'face-diffusion: error: argument --size: must be from 16 to 128, got 7 (see `face-diffusion faces --help`)'
     assert not (tmp_path / 'f.png').exists()
-
-
-def run_main(*args):
-    "The command in-process: (exit status, stdout, stderr)."
-    import contextlib, io
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try: code = main([str(a) for a in args])
-        except SystemExit as e: code = e.code
-    return code, out.getvalue(), err.getvalue()
 
 
 def test_demo_trains_and_samples(tmp_path, monkeypatch):

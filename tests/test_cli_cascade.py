@@ -8,20 +8,12 @@ import torch
 from PIL import Image
 
 from face_diffusion.cascade import SuperResCondition, cascade_sample, load_small_face, superres_unet, upscale
+from one_line import run_main
 from face_diffusion.cli import main
 from face_diffusion.data import image_grid, synthetic_faces
 from face_diffusion.runs import DataSource, checkpoints, load_run
 from face_diffusion.training import Trainer, TrainConfig
 from face_diffusion.unet import PRESETS, UNetConfig
-
-
-def run_main(*args):
-    "The command in-process: (exit status, stdout, stderr)."
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try: code = main([str(a) for a in args])
-        except SystemExit as e: code = e.code
-    return code, out.getvalue(), err.getvalue()
 
 
 def one_line(code, err, *words):

@@ -22,7 +22,7 @@ from face_diffusion.runs import DataSource, checkpoints, load_run, read_config
 from face_diffusion.sampling import DDIMSampler, GaussianOracle, sample
 from face_diffusion.training import TrainConfig, Trainer, restoration_loss
 from face_diffusion.unet import UNetConfig
-from one_line import refused
+from one_line import refused, run_main
 
 UNET16 = UNetConfig.preset('tiny', image_size=16)
 
@@ -346,14 +346,6 @@ def test_cold_frames_run_forward_and_back():
 
 
 # --- the command line ---
-
-def run_main(*args):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try: code = main([str(a) for a in args])
-        except SystemExit as e: code = e.code
-    return code, out.getvalue(), err.getvalue()
-
 
 def one_line_error(code, err, *words):
     assert code == 2, err
