@@ -343,7 +343,7 @@ def run_sample(args):
     if sr is not None:                                                  # the second stage: each face upscaled
         t0, level, steps = time.perf_counter(), _p(args.aug_level, DEFAULT_LEVEL), _p(args.sr_steps, SR_STEPS)
         images = upscale_samples(sr, small, args.seed, level, steps, progress=True)
-        stage = (f"; upscaled {small.shape[-1]} → {images.shape[-1]} px by {_sr_dir(args.sr_run)} ({steps} dpm++ steps, "
+        stage = (f"; upscaled {small.shape[-1]} → {images.shape[-1]} px by {_sr_name(args.sr_run)} ({steps} dpm++ steps, "
                  f"level {level:g}, {time.perf_counter() - t0:.1f} s)")
     save_grid(images.cpu(), args.out)
     name = f"cold {degradation['kind']}, Algorithm 2" if degradation else args.sampler
@@ -354,6 +354,8 @@ def run_sample(args):
     return 0
 
 def _sr_dir(given) -> Path: return Path(given) if given else pretrained_dir('superres')
+
+def _sr_name(given) -> str: return str(given) if given else 'the bundled super-resolution model'
 
 def _superres_run(given, flag: str, device):
     "The super-resolution run in `given` (default: the bundled one), refused with one line if it is something else."
@@ -375,12 +377,12 @@ def _upscaler(args, run, device):
         if given: raise ValueError(f"{', '.join(given)}: only for upscaling, with a --size larger than the model's {base} px; add --size, or drop them")
         return None
     sr = _superres_run(args.sr_run, '--sr-run', device)
-    low, high, where = low_size(sr), sr.config['image_size'], _sr_dir(args.sr_run)
+    low, high, where = low_size(sr), sr.config['image_size'], _sr_name(args.sr_run)
     if base != low:
-        raise ValueError(f"the model makes {base} px faces but the super-resolution model {where} upscales {low} px ones "
+        raise ValueError(f"the model makes {base} px faces but {where} upscales {low} px ones "
                          f"(to {high} px); sample a {low} px model (--run), or drop --size")
     if args.size != high:
-        raise ValueError(f"--size {args.size}: the super-resolution model {where} upscales {low} → {high} px; use --size {high} "
+        raise ValueError(f"--size {args.size}: {where} upscales {low} → {high} px; use --size {high} "
                          f"(or {base}, the model's own)")
     if args.sr_steps is not None and args.sr_steps > sr.schedule.T:
         raise ValueError(f"--sr-steps {args.sr_steps} is more than the super-resolution model's T = {sr.schedule.T}; use 1 to {sr.schedule.T}")
