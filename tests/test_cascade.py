@@ -291,6 +291,9 @@ def test_resume_superres_rebuilds_the_condition_from_the_run(runs, tmp_path):
     run = tmp_path / 'sr'
     shutil.copytree(runs / 'sr', run)
     refused(lambda: Trainer.resume(run, device='cpu', progress=False), str(run), 'conditioned', 'superres')
+    refused(lambda: Trainer.resume(run, device='cpu', progress=False), 'cascade.resume_superres')   # the message names the way
+    from face_diffusion.conditioning import resume_conditioned                                  # chapter 10's resume refuses it
+    refused(lambda: resume_conditioned(run, device='cpu', progress=False), "'superres'", 'cascade.resume_superres')
     resumed = resume_superres(run, extra_steps=1, device='cpu', progress=False)
     assert isinstance(resumed.condition, SuperResCondition)
     assert resumed.condition.to_dict() == read_config(run)['condition'] == {'kind': 'superres', 'low_size': 32, 'max_level': MAX}
