@@ -8,9 +8,10 @@ Docs: https://face-diffusion.github.io/face_diffusion/runs.html.md"""
 __all__ = ['RUN_MARKER', 'RUN_FORMAT_VERSION', 'RUN_ENTRIES', 'DATA_KINDS', 'CROPS', 'MODEL_KEYS', 'PRETRAINED', 'atomic_write',
            'write_json', 'read_config', 'is_run_folder', 'DataSource', 'fingerprint', 'RunBusyError', 'RunLock',
            'DamagedFileError', 'check_safetensors', 'load_weights', 'load_state', 'checkpoints', 'checkpoint_step',
-           'check_checkpoint', 'latest_intact_checkpoint', 'save_checkpoint', 'prepare_run_dir', 'make_folder',
-           'set_aside_newer', 'remove_temporaries', 'read_log', 'append_log', 'truncate_log', 'model_config',
-           'config_difference', 'weights_difference', 'Run', 'load_run', 'unet_config', 'pretrained_dir']
+           'check_checkpoint', 'latest_intact_checkpoint', 'save_checkpoint', 'foreign_files', 'prepare_run_dir',
+           'make_folder', 'set_aside_newer', 'remove_temporaries', 'read_log', 'append_log', 'truncate_log',
+           'model_config', 'config_difference', 'weights_difference', 'Run', 'load_run', 'unet_config',
+           'pretrained_dir']
 
 # %% ../nbs/04a_runs.ipynb #cb485173
 import hashlib, json, os, re, shutil, socket, struct, warnings
@@ -277,7 +278,7 @@ def _link_or_copy(src: Path, dst: Path):
     except OSError: shutil.copyfile(src, dst)
 
 # %% ../nbs/04a_runs.ipynb #58c5e97e
-def _foreign(d: Path) -> list:
+def foreign_files(d: Path) -> list:
     "What in folder `d` a run did not write: anything but the run's own names (and step_* inside its subfolders)."
     out = [p.name for p in d.iterdir() if p.name not in RUN_ENTRIES and not _is_temporary(p.name)]
     for sub, ok in (('samples', lambda n: n.startswith('step_') and n.endswith('.png')),
@@ -302,7 +303,7 @@ def prepare_run_dir(run_dir, overwrite: bool = False, keep=()) -> Path:
         if not overwrite and checkpoints(d):
             raise ValueError(f"{d} holds a run; pass --resume to continue it or --overwrite to replace it, "
                              f"or choose another --out")
-        if (foreign := _foreign(d)):
+        if (foreign := foreign_files(d)):
             raise ValueError(f"{d} holds files a run does not write ({', '.join(foreign[:4])}{', …' if len(foreign) > 4 else ''}); "
                              f"nothing was deleted; move them or choose another --out")
         for p in entries: shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()

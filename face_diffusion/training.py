@@ -26,7 +26,7 @@ from .unet import UNetConfig, build_unet
 from .runs import (RUN_MARKER, RUN_FORMAT_VERSION, DataSource, RunLock, atomic_write, write_json, read_config,
                                  make_folder, prepare_run_dir, remove_temporaries, set_aside_newer, save_checkpoint, latest_intact_checkpoint,
                                  checkpoint_step, checkpoints, load_state, load_weights, model_config, config_difference,
-                                 append_log, read_log, truncate_log, load_run)
+                                 append_log, read_log, truncate_log, load_run, weights_difference)
 
 # %% ../nbs/04_training.ipynb #965e47df
 LOSSES = ('l2', 'l1', 'huber')
@@ -261,6 +261,21 @@ def _check_degradation(degradation, tc, condition):
     if tc.min_snr_gamma: raise ValueError("min-SNR weighting needs a noise schedule's SNR, which a degradation has not; set min_snr_gamma=None")
     if degradation.T != tc.T: raise ValueError(f"the degradation has T = {degradation.T} levels but the training settings say T = {tc.T}; make them agree")
 
+def _check_timesteps(timesteps, T: int, degradation=None):
+    "An expert's timestep range (lo, hi) as two ints with 0 ≤ lo < hi ≤ T, or None; one-line error otherwise."
+    if timesteps is None: return None
+    if degradation is not None: raise ValueError("a timestep range is for noise models; a restoration network trains on every level")
+    try: lo, hi = (int(v) for v in timesteps)
+    except (TypeError, ValueError): raise ValueError(f"timesteps = {timesteps!r}: give a range (lo, hi) of whole numbers") from None
+    if not 0 <= lo < hi <= T: raise ValueError(f"timesteps = ({lo}, {hi}) is not a range within 0 … {T}; use 0 ≤ lo < hi ≤ T")
+    return lo, hi
+
+def _load_init(model: nn.Module, weights: dict):
+    "Start `model` from trained weights (a state dict), after checking they fit it."
+    diff = weights_difference(model, weights)
+    if diff: raise ValueError(f"the initial weights do not fit this U-Net: {diff}; start from a run with the same model")
+    model.load_state_dict(weights)
+
 def _cpu_tensors(module: nn.Module) -> dict:
     return {k: v.detach().to('cpu', copy=True).contiguous() for k, v in module.state_dict().items()}
 
@@ -320,9 +335,12 @@ class Trainer:
     `degradation`, for a cold-diffusion restoration network (chapter 11), is an object with `T` (its levels),
     `degrade(x0, t, generator=None)`, `preview(model, images, n, generator)` (sample grids from the EMA model and the
     uint8 training images) and `to_dict()` (recorded in config.json under 'degradation', and compared on resume);
-    the network then learns x_0 from x_t = D(x_0, t) with `restoration_loss` (objective 'x0', no min-SNR weighting)."""
+    the network then learns x_0 from x_t = D(x_0, t) with `restoration_loss` (objective 'x0', no min-SNR weighting).
+    `timesteps=(lo, hi)`, for an expert denoiser (chapter 13), trains on lo ≤ t < hi only (recorded in config.json);
+    `init_weights`, a state dict, starts the model and its EMA from trained weights (fine-tuning) instead of at random."""
     def __init__(self, unet_config, train_config, data, run_dir, overwrite: bool = False, device=None,
-                 sample_fn=None, progress: bool = True, resume_from=None, condition=None, degradation=None):
+                 sample_fn=None, progress: bool = True, resume_from=None, condition=None, degradation=None,
+                 timesteps=None, init_weights=None):
         self.unet_config = unet_config if isinstance(unet_config, UNetConfig) else (
             UNetConfig.preset(unet_config) if isinstance(unet_config, str) else UNetConfig.from_dict(unet_config))
         tc = train_config if isinstance(train_config, TrainConfig) else TrainConfig.from_dict(train_config or {})
@@ -346,12 +364,15 @@ class Trainer:
                        'train': tc.to_dict(), 'data': self.data.to_dict(), 'world_size': 1,
                        'condition': condition.to_dict() if condition is not None else None}
         if degradation is not None: self.config['degradation'] = degradation.to_dict()
+        self.timesteps = _check_timesteps(timesteps, tc.T, degradation)
+        if self.timesteps is not None: self.config['timesteps'] = list(self.timesteps)
         self.lock = RunLock(make_folder(self.run_dir))
         with self.lock: self._prepare_run_dir(overwrite, resume_from)
 
         random.seed(tc.seed); np.random.seed(tc.seed); torch.manual_seed(tc.seed)   # the same seed, the same network
         self.model = build_unet(self.unet_config).to(self.device)
         if self.channels_last: self.model = self.model.to(memory_format=torch.channels_last)
+        if init_weights is not None: _load_init(self.model, init_weights)
         self.ema = EMA(self.model, tc.ema_decay, tc.ema_warmup)
         self.optimizer = self._make_optimizer()
         self.scaler = torch.amp.GradScaler('cuda', enabled=self.precision == 'fp16')
@@ -361,6 +382,7 @@ class Trainer:
         self.gen = torch.Generator(self.device).manual_seed(tc.seed)   # batches, flips, t and ε
         self.step, self.images_seen, self.last_checkpoint, self.history = 0, 0, None, []
         self.stop_requests, self._paused = StopRequests(), 0.0          # Ctrl-C / SIGTERM; seconds spent off the clock
+        self.resume_command = f"face-diffusion train --out {self.run_dir} --resume"   # what a stop tells the user to run
         self._t_mark, self._seen_mark = time.perf_counter(), 0          # where the throughput is measured from
         self._step_t = torch.zeros((), dtype=torch.long, device=self.device)         # device-side step counter
         self._first_bad = torch.full((), -1, dtype=torch.long, device=self.device)   # first non-finite step, or −1
@@ -398,6 +420,9 @@ class Trainer:
                 keys = ', '.join(k for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k))
                 raise ValueError(f"run folder {d} restores another degradation ({keys} differ: {have.get('kind') or 'none'} there, "
                                  f"{want.get('kind') or 'none'} here); resume it with face_diffusion.cold.resume_cold(run_dir)")
+            if saved.get('timesteps') != self.config.get('timesteps'):
+                raise ValueError(f"run folder {d} trains on timesteps {saved.get('timesteps') or 'all'}, not "
+                                 f"{self.config.get('timesteps') or 'all'}; resume it with Trainer.resume(run_dir)")
             for name in remove_temporaries(d): print(f"removed {d / name}, left by an interrupted save")
             for name in set_aside_newer(d, checkpoint_step(resume_from)): print(f"kept the damaged checkpoint {name} as {name}.damaged")
         write_json(d / 'config.json', self.config)                     # a resume may lengthen the run
@@ -429,7 +454,7 @@ class Trainer:
         tc = TrainConfig.from_dict(cfg['train'])
         if extra_steps is not None: tc.steps = checkpoint_step(path) + extra_steps
         return cls(cfg['unet'], tc, data, run_dir, device=device, sample_fn=sample_fn, progress=progress, resume_from=path,
-                   condition=condition, degradation=degradation)
+                   condition=condition, degradation=degradation, timesteps=cfg.get('timesteps'))
 
     def _make_optimizer(self):
         tc = self.train_config
@@ -456,10 +481,12 @@ class Trainer:
         for _ in range(tc.grad_accum):
             x0, idx = self._batch()
             cond = self.condition.batch(idx, x0, self.gen) if self.condition is not None else None
+            t = None                                                    # None: diffusion_loss draws t ~ U{0 … T−1}
+            if self.timesteps is not None: t = torch.randint(*self.timesteps, (len(x0),), generator=self.gen, device=self.device)
             with autocast(self.precision, self.device):
                 if self.degradation is None:
                     loss = diffusion_loss(self.train_model, self.schedule, x0, tc.objective, tc.loss, tc.min_snr_gamma,
-                                          generator=self.gen, huber_delta=tc.huber_delta, cond=cond)
+                                          generator=self.gen, t=t, huber_delta=tc.huber_delta, cond=cond)
                 else:
                     loss = restoration_loss(self.train_model, self.degradation, x0, tc.loss, generator=self.gen,
                                             huber_delta=tc.huber_delta, cond=cond)
@@ -516,7 +543,7 @@ class Trainer:
     def _stop(self, signum):
         path = self._save_on_interrupt()
         print(f"{signal.Signals(signum).name} at step {self.step}: checkpoint saved to {path}; "
-              f"resume with: face-diffusion train --out {self.run_dir} --resume")
+              f"resume with: {self.resume_command}")
         if signum == signal.SIGINT: raise KeyboardInterrupt(f"training interrupted at step {self.step}")
         raise SystemExit(128 + signum)
 
