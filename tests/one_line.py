@@ -1,5 +1,7 @@
 "Shared by the test files: checks that an error is one line naming what to fix, and the command line run in-process."
-import contextlib, io
+import contextlib, io, re
+
+import numpy as np
 
 import pytest
 
@@ -21,3 +23,16 @@ def run_main(*args):
         try: code = main([str(a) for a in args])
         except SystemExit as e: code = e.code
     return code, out.getvalue(), err.getvalue()
+
+
+def one_line(code, err, *words):
+    "Exit status 2 and one line naming each of `words`."
+    said = [l for l in err.strip().splitlines() if not re.search(r'\d+%\|', l)]   # (tqdm's bars share stderr)
+    assert code == 2 and len(said) == 1 and said[0].startswith('face-diffusion: error:'), err
+    for w in words: assert w in said[0], (w, said[0])
+
+
+def pixels(path) -> np.ndarray:
+    "The RGB pixels of an image file."
+    from PIL import Image
+    return np.asarray(Image.open(path).convert('RGB'))

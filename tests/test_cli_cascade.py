@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from face_diffusion.cascade import SuperResCondition, cascade_sample, load_small_face, superres_unet, upscale
-from one_line import run_main
+from one_line import one_line, pixels, run_main
 from face_diffusion.cli import main
 from face_diffusion.data import image_grid, synthetic_faces
 from face_diffusion.runs import DataSource, checkpoints, load_run
@@ -16,14 +16,6 @@ from face_diffusion.training import Trainer, TrainConfig
 from face_diffusion.unet import PRESETS, UNetConfig
 
 
-def one_line(code, err, *words):
-    "Exit status 2 and one line naming each of `words`."
-    said = [l for l in err.strip().splitlines() if not re.search(r'\d+%\|', l)]   # (tqdm's bars share stderr)
-    assert code == 2 and len(said) == 1 and said[0].startswith('face-diffusion: error:'), err
-    for w in words: assert w in said[0], (w, said[0])
-
-
-def pixels(path) -> np.ndarray: return np.asarray(Image.open(path).convert('RGB'))
 
 
 @pytest.fixture(scope='module')

@@ -513,3 +513,306 @@ def test_sample_size_refuses_options_and_runs_that_do_not_fit(superres, trained,
     base = [] if '--run' in options else ['--run', trained]
     refused(*run('sample', *base, '--n', '2', *options, '--out', tmp_path / 's.png')[::2], *words)
     assert not (tmp_path / 's.png').exists()
+
+
+# ---- 11. Ensembles of experts (chapter 13) ---------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def experts(trained, tmp_path_factory):
+    "2 experts split from the tiny run, 1 step each (copy it before changing it)."
+    d = tmp_path_factory.mktemp('experts') / 'ens'
+    code, _, err = run('train', '--experts', '2', '--from', trained, '--steps', '2', '--out', d)
+    assert code == 0, err
+    return d
+
+
+@pytest.fixture
+def ensemble_copy(experts, tmp_path):
+    dst = tmp_path / 'ens'
+    shutil.copytree(experts, dst)
+    return dst
+
+
+@pytest.mark.parametrize('given, words', [
+    ('missing', ['--from', 'missing does not exist', "'bundled'"]),
+    ('a_file.txt', ['a_file.txt is a file', 'run folder']),
+    ('photos', ['photos: not a run folder (no config.json)']),
+    ('ENSEMBLE', ['is an ensemble of experts', 'such as its base']),
+    ('EXPERT', ['is one expert (timesteps 0 … 499 only)']),
+    ('DAMAGED', ['config.json is damaged']),
+])
+def test_experts_from_something_that_is_not_a_trained_run(experts, tmp_path, monkeypatch, given, words):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'a_file.txt').write_text('notes')
+    photos(tmp_path / 'photos', 2)
+    shutil.copytree(experts / 'base', tmp_path / 'damaged')
+    (tmp_path / 'damaged' / 'config.json').write_text('{"unet": ')
+    given = {'ENSEMBLE': experts, 'EXPERT': experts / 't0000-0500', 'DAMAGED': tmp_path / 'damaged'}.get(given, given)
+    before = tree(tmp_path)
+    refused(*run('train', '--experts', '2', '--from', given, '--steps', '2', '--out', 'ens')[::2], *words)
+    assert tree(tmp_path) == before and not (tmp_path / 'ens').exists()
+
+
+def test_experts_from_a_conditioned_model(tmp_path):
+    from face_diffusion.runs import pretrained_dir
+    refused(*run('train', '--experts', '2', '--from', pretrained_dir('attributes'), '--steps', '2', '--batch', '4',
+                 '--out', tmp_path / 'ens')[::2],
+            'conditioned on attributes', 'unconditional noise model')
+    assert not any((tmp_path / 'ens').rglob('*'))                          # no file written
+
+
+@pytest.mark.parametrize('value, words', [('3', 'must be a power of two (1, 2, 4, 8 …), got 3'), ('0', 'must be at least 1'),
+                                          ('-2', 'must be at least 1'), ('1.5', 'must be a whole number'),
+                                          ('2048', '2048 experts cannot split T = 1000 timesteps')])
+def test_experts_count_that_cannot_be_a_tree(trained, tmp_path, value, words):
+    refused(*run('train', '--experts', value, '--from', trained, '--steps', '2', '--out', tmp_path / 'ens')[::2], words)
+    assert not (tmp_path / 'ens').exists()
+
+
+@pytest.mark.parametrize('overwrite', [[], ['--overwrite']])
+def test_experts_never_delete_a_folder_of_photos(trained, tmp_path, overwrite):
+    home = photos(tmp_path / 'home')
+    before = tree(home)
+    refused(*run('train', '--experts', '2', '--from', trained, '--steps', '2', '--out', home, *overwrite)[::2],
+            'not an ensemble of experts', 'nothing was deleted')
+    assert tree(home) == before
+
+
+def test_experts_never_overwrite_a_run(copy_of, trained):
+    before = tree(copy_of)
+    refused(*run('train', '--experts', '2', '--from', trained, '--steps', '2', '--out', copy_of, '--overwrite')[::2],
+            'not an ensemble of experts', 'nothing was deleted')
+    assert tree(copy_of) == before
+
+
+def test_overwrite_keeps_an_ensemble_holding_a_users_file(ensemble_copy, trained):
+    (ensemble_copy / 'notes.txt').write_text('keep me')
+    before = tree(ensemble_copy)
+    refused(*run('train', '--experts', '2', '--from', trained, '--steps', '2', '--out', ensemble_copy, '--overwrite')[::2],
+            'notes.txt', 'nothing was deleted')
+    assert tree(ensemble_copy) == before
+
+
+def test_overwrite_keeps_an_ensemble_with_a_users_file_inside_an_expert(ensemble_copy, trained):
+    (ensemble_copy / 't0000-0500' / 'samples' / 'holiday.jpg').write_bytes(b'a photo')
+    before = tree(ensemble_copy)
+    refused(*run('train', '--experts', '2', '--from', trained, '--steps', '2', '--out', ensemble_copy, '--overwrite')[::2],
+            'holiday.jpg', 'nothing was deleted')
+    assert tree(ensemble_copy) == before
+
+
+def test_overwrite_keeps_an_ensemble_while_an_expert_is_trained(ensemble_copy, trained):
+    other = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])   # stands for a live trainer
+    try:
+        (ensemble_copy / 't0000-0500' / 'train.lock').write_text(f'{socket.gethostname()} {other.pid}\n')
+        before = tree(ensemble_copy)
+        refused(*run('train', '--experts', '2', '--from', trained, '--steps', '2', '--out', ensemble_copy, '--overwrite')[::2],
+                'being trained')
+        assert tree(ensemble_copy) == before
+    finally:
+        other.kill(); other.wait()
+
+
+def test_experts_from_inside_the_ensemble_they_would_replace(ensemble_copy):
+    "--from ENS/base --out ENS --overwrite would delete the base before copying it: refused, nothing deleted."
+    before = tree(ensemble_copy)
+    for base in ('base', 't0000-0500'):
+        refused(*run('train', '--experts', '2', '--from', ensemble_copy / base, '--steps', '2', '--out', ensemble_copy,
+                     '--overwrite')[::2], 'is inside --out', 'another folder')
+    assert tree(ensemble_copy) == before
+
+
+@pytest.mark.parametrize('record, words', [('{"format": "face_diffusion ens', 'ensemble.json is damaged'),
+                                           ('{"experts": []}', "not written by face_diffusion"),
+                                           ('[1, 2]', "not written by face_diffusion")])
+def test_a_damaged_ensemble_record_is_named(ensemble_copy, trained, tmp_path, record, words):
+    (ensemble_copy / 'ensemble.json').write_text(record)
+    before = tree(ensemble_copy)
+    refused(*run('sample', '--run', ensemble_copy, '--n', '2', '--out', tmp_path / 's.png')[::2], words)
+    refused(*run('train', '--out', ensemble_copy, '--resume')[::2], words)
+    refused(*run('train', '--experts', '2', '--from', trained, '--steps', '2', '--out', ensemble_copy, '--overwrite')[::2], words)
+    assert tree(ensemble_copy) == before and not (tmp_path / 's.png').exists()
+
+
+def test_an_expert_deleted_before_sampling(ensemble_copy, tmp_path):
+    shutil.rmtree(ensemble_copy / 't0500-1000')
+    refused(*run('sample', '--run', ensemble_copy, '--n', '2', '--out', tmp_path / 's.png')[::2],
+            'expert t0500-1000', 'is missing', '--resume')
+    assert not (tmp_path / 's.png').exists()
+    code, _, err = run('train', '--out', ensemble_copy, '--resume')            # what the line says to do
+    assert code == 0, err
+    code, _, err = run('sample', '--run', ensemble_copy, '--n', '2', '--steps', '2', '--keep', 'disk', '--out', tmp_path / 's.png')
+    assert code == 0 and (tmp_path / 's.png').is_file(), err
+
+
+def test_an_experts_truncated_weights_are_named(ensemble_copy, tmp_path):
+    path = ensemble_copy / 't0000-0500' / 'ema.safetensors'
+    data = path.read_bytes()
+    os.unlink(path)                                                         # a hard link: cut a copy, not the checkpoint
+    path.write_bytes(data[: len(data) // 2])
+    for keep in ('memory', 'disk'):
+        refused(*run('sample', '--run', ensemble_copy, '--n', '2', '--steps', '2', '--keep', keep, '--out', tmp_path / 's.png')[::2],
+                'ema.safetensors is damaged')
+    assert not (tmp_path / 's.png').exists()
+
+
+def test_keep_and_expert_folders_are_not_single_models(copy_of, experts, tmp_path):
+    refused(*run('sample', '--run', copy_of, '--keep', 'disk', '--out', tmp_path / 's.png')[::2], '--keep is for an ensemble')
+    refused(*run('sample', '--run', experts / 't0500-1000', '--out', tmp_path / 's.png')[::2],
+            'is one expert', 'timesteps 500 … 999 only', f'--run {experts}')
+    refused(*run('train', '--out', experts, '--steps', '1')[::2], 'holds an ensemble of experts', '--resume')
+    assert not (tmp_path / 's.png').exists()
+
+
+def test_the_printed_ensemble_resume_hint_is_the_whole_command(trained, tmp_path):
+    "Ctrl-C while an expert trains: the last line is `face-diffusion train --out ENS --resume`, and that alone finishes it."
+    d = tmp_path / 'ens'
+    script = (f"import sys; from face_diffusion.cli import main; "
+              f"sys.exit(main(['train', '--experts', '2', '--from', {str(trained)!r}, '--steps', '40', '--out', {str(d)!r}]))")
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    proc = subprocess.Popen([sys.executable, '-c', script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    log = d / 't0000-0500' / 'log.jsonl'
+    try:
+        import time
+        deadline = time.time() + 300
+        while not log.exists() or len(log.read_text().splitlines()) < 2:
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.time() < deadline, 'training did not start'
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None: proc.kill()
+    assert proc.returncode == 130, err
+    hint = out.strip().splitlines()[-1]
+    assert hint == f'stopped; resume with: face-diffusion train --out {d} --resume', out
+    code, said, err = run(*hint.split('resume with: face-diffusion ')[1].split())
+    assert code == 0, err
+    assert [p.name for p in checkpoints(d / 't0500-1000')][-1] == 'step_000020' and 'trained an ensemble of 2 experts' in said
+
+
+# ---- 12. Inpainting and editing (chapter 14) -----------------------------------------------------------------------
+
+def a_mask(path: Path, width: int = 40, height: int = 50, box=(15, 30, 8, 32), mode: str = 'L', **save) -> Path:
+    "White (fill) in `box` = (top, bottom, left, right), black elsewhere, saved in `mode`."
+    a = np.zeros((height, width), np.uint8)
+    a[box[0]:box[1], box[2]:box[3]] = 255
+    make = {'1': lambda: Image.fromarray(a > 0).convert('1'), 'I;16': lambda: Image.fromarray(a.astype(np.uint16) * 257),
+            'RGBA': lambda: Image.fromarray(np.dstack([a, a, a, np.full_like(a, 255)]))}   # RGBA: opaque
+    make.get(mode, lambda: Image.fromarray(a).convert(mode))().save(path, **save)
+    return path
+
+
+def inpainted(photo, mask, out, *options):
+    "inpaint with the bundled model in a few steps: (exit status, stdout, stderr)."
+    return run('inpaint', photo, '--mask', mask, '--steps', '4', '--jump', '2', '--resamples', '2', *options, '--out', out)
+
+
+@pytest.mark.parametrize('case, words', [
+    ('larger', ['mask.png is 80×100 but the image', 'photo.jpg is 40×50', 'make them the same size']),
+    ('turned', ['mask.png is 50×40 but the image', 'is 40×50']),
+    ('the photo', ['photo.jpg is not black and white', 'pixels are grey']),
+    ('black', ['all black: nothing to fill']),
+    ('white', ['all white: nothing is kept']),
+    ('a hair', ['mask.png brought to 32×32 px (its square centre) is all black']),
+    ('beside the square', ['brought to 32×32 px (its square centre) is all black']),
+])
+def test_masks_that_do_not_fit_the_photo(tmp_path, case, words):
+    "A mask painted on the full-size original, turned, the photo itself, empty, full, too thin, or outside the crop."
+    photo, mask = a_photo(tmp_path / 'photo.jpg', *((100, 125) if case == 'a hair' else ())), tmp_path / 'mask.png'
+    if case == 'larger': a_mask(mask, 80, 100, (30, 60, 16, 64))
+    if case == 'turned': a_mask(mask, 50, 40)
+    if case == 'the photo': mask = photo
+    if case == 'black': a_mask(mask, box=(0, 0, 0, 0))
+    if case == 'white': a_mask(mask, box=(0, 50, 0, 40))
+    if case == 'a hair': a_mask(mask, 100, 125, (30, 90, 50, 51))       # one pixel wide: a third of one at 32 px
+    if case == 'beside the square': a_mask(mask, box=(0, 5, 0, 40))     # the top rows, which the centre crop drops
+    before = tree(tmp_path)
+    refused(*inpainted(photo, mask, tmp_path / 'o.png')[::2], *words)
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize('mode, suffix, save', [('1', '.png', {}), ('I;16', '.png', {}), ('P', '.png', {}), ('RGB', '.png', {}),
+                                                ('RGBA', '.png', {}), ('L', '.jpg', {'quality': 95}), ('L', '.bmp', {})])
+def test_masks_in_other_formats_paint_the_same_hole(tmp_path, mode, suffix, save):
+    photo = a_photo(tmp_path / 'photo.jpg')
+    code, _, err = inpainted(photo, a_mask(tmp_path / 'mask.png'), tmp_path / 'a.png')
+    assert code == 0, err
+    code, _, err = inpainted(photo, a_mask(tmp_path / f'other{suffix}', mode=mode, **save), tmp_path / 'b.png')
+    assert code == 0, err
+    assert (tmp_path / 'a.png').read_bytes() == (tmp_path / 'b.png').read_bytes()
+
+
+def test_a_jpeg_mask_at_the_usual_quality(tmp_path):
+    "Pillow's default JPEG quality (75) rings up to about 22 grey levels at a mask's edges: still black and white."
+    photo, box = a_photo(tmp_path / 'photo.jpg', 48, 40), (12, 26, 10, 30)
+    code, _, err = inpainted(photo, a_mask(tmp_path / 'mask.png', 48, 40, box), tmp_path / 'a.png')
+    assert code == 0, err
+    code, _, err = inpainted(photo, a_mask(tmp_path / 'mask.jpg', 48, 40, box), tmp_path / 'b.png')
+    assert code == 0, err
+    assert (tmp_path / 'a.png').read_bytes() == (tmp_path / 'b.png').read_bytes()
+
+
+def test_a_phone_photo_turned_by_exif_with_the_mask_painted_as_shown(tmp_path):
+    "Stored 50 wide and 40 high, shown turned (EXIF orientation 6) 40 × 50: the mask is painted on what is shown."
+    stored = np.random.default_rng(1).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    exif = Image.Exif(); exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / 'phone.jpg', exif=exif)
+    a_mask(tmp_path / 'mask.png', 40, 50, (5, 25, 0, 40))               # the top half of the shown centre square
+    code, out, err = inpainted(tmp_path / 'phone.jpg', tmp_path / 'mask.png', tmp_path / 'o.png')
+    assert code == 0 and '512 of 1024 pixels filled' in out, err
+    from face_diffusion.data import load_image
+    shown = load_image(tmp_path / 'phone.jpg', 32).permute(1, 2, 0).numpy()
+    assert np.array_equal(np.asarray(Image.open(tmp_path / 'o.png'))[16:], shown[16:])   # the kept half, the right way up
+
+
+def test_a_tiny_photo_is_enlarged_with_its_mask(tmp_path):
+    code, out, err = inpainted(a_photo(tmp_path / 'tiny.png', 12, 10), a_mask(tmp_path / 'mask.png', 12, 10, (0, 5, 1, 11)),
+                               tmp_path / 'o.png')
+    assert code == 0 and '512 of 1024 pixels filled' in out, err
+    assert Image.open(tmp_path / 'o.png').size == (32, 32)
+
+
+def test_jumps_longer_than_the_grid_make_no_climbs(tmp_path):
+    code, out, err = run('inpaint', a_photo(tmp_path / 'photo.jpg'), '--mask', a_mask(tmp_path / 'mask.png'), '--steps', '6',
+                         '--jump', '20', '--resamples', '5', '--out', tmp_path / 'o.png')
+    assert code == 0 and '6 network calls' in out, err
+
+
+@pytest.mark.parametrize('command', ['inpaint', 'edit'])
+def test_one_expert_of_an_ensemble_is_not_a_whole_model(experts, tmp_path, command):
+    mask = ['--mask', a_mask(tmp_path / 'mask.png')] if command == 'inpaint' else []
+    refused(*run(command, a_photo(tmp_path / 'photo.jpg'), *mask, '--run', experts / 't0500-1000', '--steps', '2',
+                 '--out', tmp_path / 'o.png')[::2], 'is one expert')
+    assert not (tmp_path / 'o.png').exists()
+
+
+@pytest.mark.parametrize('options, words', [
+    (['--run', 'A_FILE'], ['notes.txt']),
+    (['--run', 'PHOTOS'], ['photos: not a run folder (no config.json)']),
+    (['--run', 'ENSEMBLE', '--attr', 'glasses=round'], ['is not a run folder']),
+    (['--run', 'TRAINED', '--attr', 'glasses=round'], ['not conditioned on attributes']),
+    (['--run', 'SUPERRES'], ['conditioned on superres', 'unconditional noise model']),
+    (['--attr', 'glasses=round', '--guidance', 'inf'], ['argument --guidance: must be a finite number']),
+    (['--attr', 'glasses=round', '--guidance', '-1'], ['argument --guidance: must be a finite number ≥ 0']),
+    (['--strength', '-0.5'], ['argument --strength']),
+    (['--out', 'FOLDER'], ["is a folder; name a .png file"]),
+    (['--device', 'tpu'], ['tpu']),
+])
+def test_edit_refuses_runs_and_settings_it_cannot_use(trained, experts, superres, tmp_path, monkeypatch, options, words):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'notes.txt').write_text('notes'); photos(tmp_path / 'photos', 2); (tmp_path / 'folder.png').mkdir()
+    given = {'A_FILE': tmp_path / 'notes.txt', 'PHOTOS': tmp_path / 'photos', 'ENSEMBLE': experts, 'TRAINED': trained,
+             'SUPERRES': superres, 'FOLDER': tmp_path / 'folder.png'}
+    options = [given.get(o, o) for o in options]
+    out = [] if '--out' in options else ['--out', 'o.png']
+    a_photo(tmp_path / 'photo.jpg')
+    before = tree(tmp_path)
+    refused(*run('edit', 'photo.jpg', '--steps', '2', *options, *out)[::2], *words)
+    assert tree(tmp_path) == before
+
+
+def test_an_out_in_a_new_folder_is_made(tmp_path):
+    out = tmp_path / 'new' / 'deeper' / 'o.png'
+    code, _, err = run('edit', a_photo(tmp_path / 'photo.jpg'), '--steps', '2', '--out', out)
+    assert code == 0 and Image.open(out).size == (32, 32), err
