@@ -200,3 +200,21 @@ def test_grace_hopper_inpainted_and_edited(tmp_path, base):
         code, _, err = run_main('edit', hopper(), '--strength', '0.4', '--steps', '8', *extra, '--out', tmp_path / 'e.png')
         assert code == 0 and pixels(tmp_path / 'e.png').shape == (32, 32, 3), err
         assert not np.array_equal(pixels(tmp_path / 'e.png'), as_png(photo))
+
+
+def test_the_commands_on_a_synthetic_face(tmp_path):
+    "A synthetic face drawn at 64 px, its eyes masked: inpaint keeps the rest exactly, and edit writes a 32 px face."
+    from face_diffusion.data import load_image, synthetic_faces
+    from face_diffusion.editing import named_mask
+    face = synthetic_faces(1, size=64, seed=1234)[0][0]
+    Image.fromarray(face.permute(1, 2, 0).numpy()).save(tmp_path / 'face.png')
+    hole = named_mask('eyes', 64)[0, 0].numpy()
+    Image.fromarray((hole * 255).astype(np.uint8)).save(tmp_path / 'eyes.png')
+    code, out, err = run_main('inpaint', tmp_path / 'face.png', '--mask', tmp_path / 'eyes.png', '--steps', '10', '--out', tmp_path / 'o.png')
+    assert code == 0, err
+    got, small = pixels(tmp_path / 'o.png'), load_image(tmp_path / 'face.png', 32).permute(1, 2, 0).numpy()
+    kept = named_mask('eyes', 32)[0, 0].numpy() == 0                    # 64 → 32 px halves the hole exactly
+    assert got.shape == (32, 32, 3) and np.array_equal(got[kept], small[kept]) and not np.array_equal(got[~kept], small[~kept])
+    code, _, err = run_main('edit', tmp_path / 'face.png', '--strength', '0.6', '--attr', 'glasses=round', '--steps', '10',
+                            '--out', tmp_path / 'e.png')
+    assert code == 0 and pixels(tmp_path / 'e.png').shape == (32, 32, 3), err
