@@ -35,6 +35,9 @@ from .cascade import (DEFAULT_LEVEL, LOW_SIZE, MAX_LEVEL, SR_STEPS, SuperResCond
 from .experts import (ENSEMBLE_FILE, FINE_TUNE, KEEPS, is_ensemble, load_ensemble, plan_experts, read_ensemble,
                                     resume_experts, train_experts)
 from .editing import edit_attributes, inpaint, load_photo_and_mask, sdedit
+from .distributed import World, RefusedOnMain, close_distributed, init_distributed, launched_world
+from .text import (DEFAULT_TEXT_GUIDANCE, P_UNCOND_TEXT, TextCondition, resume_text, sample_prompt,
+                                 text_condition, text_unet)
 
 # %% ../nbs/09_cli.ipynb #987bb4a5
 PROG = 'face-diffusion'
@@ -137,12 +140,13 @@ def add_train(sub):
     p.add_argument('--device', default=None, metavar='D', help="'cpu', 'cuda', 'cuda:N' (default: cuda if available)")
     p.add_argument('--condition', default=None, choices=TRAIN_CONDITIONS, help="train a conditioned model (chapter 10): 'attributes' "
                    "(the synthetic faces' own, CelebA's attribute file, or one subfolder per class) or 'layout' (a coarse colour layout); "
-                   f"or 'superres' (chapter 12): a super-resolution model that upscales {LOW_SIZE} px faces to --size")
+                   f"or 'superres' (chapter 12): a super-resolution model that upscales {LOW_SIZE} px faces to --size; "
+                   "or 'text' (chapter 10a): captions written from the synthetic faces' attributes")
     p.add_argument('--max-level', default=None, type=number(0, 1), metavar='S', help="with --condition superres: the largest "
                    f"augmentation level s, drawn per image from U(0, S); 0 trains without augmentation (default: {MAX_LEVEL})")
     p.add_argument('--attributes-file', default=None, metavar='PATH', help="CelebA's list_attr_celeba.txt for --data DIR "
                    "(default: one found in or beside DIR, else the class subfolders)")
-    p.add_argument('--p-uncond', default=None, type=number(0, 0.99), metavar='P', help=f'probability of dropping the whole condition in training (default: {P_UNCOND})')
+    p.add_argument('--p-uncond', default=None, type=number(0, 0.99), metavar='P', help=f'probability of dropping the whole condition in training (default: {P_UNCOND}; {P_UNCOND_TEXT} for text)')
     p.add_argument('--p-group', default=None, type=number(0, 0.99), metavar='P', help=f'probability of dropping each attribute group (default: {P_GROUP})')
     p.add_argument('--degradation', default=None, choices=tuple(DEGRADATIONS), help="train a cold-diffusion restoration "
                    "network (chapter 11) for this degradation instead of a noise model (objective x0, L1 loss)")
@@ -159,7 +163,7 @@ def add_train(sub):
 
 RUN_OUT, ENSEMBLE_OUT = 'runs/faces', 'runs/experts'   # the default --out of a run and of an ensemble
 RECIPE_KEYS = {'--size': 'size', '--n-images': 'n_images', '--batch': 'batch', '--lr': 'lr', '--min-snr': 'min_snr'}
-TRAIN_CONDITIONS = (*CONDITIONS, SuperResCondition.kind)     # chapter 10's conditions and chapter 12's super-resolution
+TRAIN_CONDITIONS = (*CONDITIONS, SuperResCondition.kind, TextCondition.kind)   # chapters 10, 12 and 10a (captions)
 
 def _superres(args) -> bool: return args.condition == SuperResCondition.kind
 
@@ -183,7 +187,8 @@ def _new_trainer(args, out: Path) -> Trainer:
     unet = unet_config(_model(args), size)
     source = DataSource.from_arg(args.data or 'synthetic', size, n=_setting(args, '--n-images'), crop=_setting(args, '--crop'))
     n_images = len(source.load())                                       # decoded once; the Trainer reuses it
-    steps = args.steps or (args.epochs * steps_per_epoch(n_images, batch) if args.epochs else _default('train', 'steps'))
+    global_batch = batch * launched_world().size                        # under torchrun, --batch is per process
+    steps = args.steps or (args.epochs * steps_per_epoch(n_images, global_batch) if args.epochs else _default('train', 'steps'))
     every = lambda flag: getattr(args, flag[2:].replace('-', '_')) or max(1, steps // 10)
     tc = TrainConfig(objective=_setting(args, '--objective'), schedule=_setting(args, '--schedule'), T=_setting(args, '--T'),
                      min_snr_gamma=_setting(args, '--min-snr') or None, lr=_setting(args, '--lr'), batch_size=batch,
@@ -198,6 +203,11 @@ def _new_trainer(args, out: Path) -> Trainer:
     condition = None
     if superres is not None:
         condition, unet = superres, superres_unet(unet, size)
+    elif args.condition == TextCondition.kind:                         # chapter 10a: captions
+        if args.attributes_file or args.p_group is not None:
+            raise ValueError("--attributes-file and --p-group go with --condition attributes; captions name groups at random, so drop them")
+        condition = text_condition(source, _p(args.p_uncond, P_UNCOND_TEXT))
+        unet = text_unet(unet, size)
     elif args.condition:
         condition = make_condition(args.condition, source, args.attributes_file, _p(args.p_uncond, P_UNCOND), _p(args.p_group, P_GROUP))
         unet = conditioned_unet(unet, size, condition)
@@ -269,12 +279,18 @@ def _resume_trainer(args, out: Path) -> Trainer:
     conflict = resume_conflicts(args, cfg, out)
     if conflict: raise ValueError(f"{conflict}; --resume continues a run as it was: drop the option, or start a new run with another --out")
     extra = args.steps
-    if args.epochs: extra = args.epochs * steps_per_epoch(cfg['data']['count'], cfg['train']['batch_size'] * cfg['train']['grad_accum'])
+    if args.epochs: extra = args.epochs * steps_per_epoch(cfg['data']['count'], cfg.get('global_batch', cfg['train']['batch_size'] * cfg['train']['grad_accum']))
     if cfg.get('degradation'): return resume_cold(out, extra_steps=extra, device=args.device)
+    if (cfg.get('condition') or {}).get('kind') == TextCondition.kind: return resume_text(out, extra_steps=extra, device=args.device)
     if (cfg.get('condition') or {}).get('kind') == SuperResCondition.kind: return resume_superres(out, extra_steps=extra, device=args.device)
     return resume_conditioned(out, extra_steps=extra, device=args.device)
 
 def run_train(args):
+    world = launched_world()                                            # under torchrun: one of several processes (04b)
+    if world.distributed:
+        if args.experts is not None or args.from_run is not None or is_ensemble(Path(args.out or RUN_OUT)):
+            raise ValueError("an ensemble of experts trains on one process; run it without torchrun")
+        args.device = str(init_distributed(args.device)[1])            # its own GPU, or gloo on the CPU
     if args.experts is not None or args.from_run is not None: return _train_ensemble(args)   # chapter 13
     out = Path(args.out or RUN_OUT)
     if is_ensemble(out):
@@ -285,9 +301,9 @@ def run_train(args):
     trainer = _resume_trainer(args, out) if args.resume else _new_trainer(args, out)
     try: trainer.fit()
     except KeyboardInterrupt:
-        print(f"stopped; resume with: {PROG} train --out {out} --resume")
+        if world.is_main: print(f"stopped; resume with: {trainer.resume_command}")
         return 130
-    print(f"trained to step {trainer.step}: {out.resolve()} (EMA weights: ema.safetensors, samples: samples/)")
+    if world.is_main: print(f"trained to step {trainer.step}: {out.resolve()} (EMA weights: ema.safetensors, samples: samples/)")
     return 0
 
 # %% ../nbs/09_cli.ipynb #6e844508
@@ -315,6 +331,8 @@ def add_sample(sub):
                    'mouth=smile (the others vary); without --run, the bundled attribute model (chapter 10)')
     p.add_argument('--guidance', default=None, type=number(0, 100), metavar='W', help=f'classifier-free guidance scale w: 0 unconditional, '
                    f'1 plain conditional (default with --attr: {DEFAULT_GUIDANCE})')
+    p.add_argument('--prompt', default=None, metavar='TEXT', help='a caption, e.g. --prompt "a bald man with sunglasses", '
+                   'for a model trained on captions (default model: the bundled text model, chapter 10a); "" samples unconditionally')
     p.add_argument('--guidance-rescale', default=0.0, type=number(0, 1), metavar='PHI', help='rescaled guidance φ (Lin et al. 2023), 0 to 1 (default: 0)')
     p.add_argument('--size', default=None, type=whole(16, 128), metavar='PX', help='image size: larger than the model\'s own '
                    f'upscales its faces with a super-resolution model, e.g. {2 * LOW_SIZE} from {LOW_SIZE} (default: the model\'s own)')
@@ -327,7 +345,9 @@ def add_sample(sub):
 
 def run_sample(args):
     if args.run_dir and is_ensemble(args.run_dir): return _sample_ensemble(args)   # chapter 13
-    run_dir = Path(args.run_dir) if args.run_dir else pretrained_dir('attributes' if args.attr else 'unconditional')
+    bundled = 'text' if args.prompt is not None else 'attributes' if args.attr else 'unconditional'
+    if args.prompt is not None and args.attr: raise ValueError("--prompt and --attr ask in two ways; give one (a caption, or attributes)")
+    run_dir = Path(args.run_dir) if args.run_dir else pretrained_dir(bundled)
     if not (run_dir / 'config.json').is_file():
         raise FileNotFoundError(f"--run {run_dir}: not a run folder (no config.json); train one with `{PROG} train`"
                                 if args.run_dir else f"the bundled model is missing from {run_dir}; pass --run DIR")
@@ -352,10 +372,20 @@ def run_sample(args):
     kw = dict(sampler=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed, spacing=args.spacing, callback=record, progress=True)
     condition = run.config.get('condition') or {}
     degradation = run.config.get('degradation')
-    if (args.attr or args.guidance is not None or args.guidance_rescale) and condition.get('kind') != 'attributes':
-        raise ValueError(f"--attr and --guidance need a model conditioned on attributes; {run_dir} is "
+    guided = ('attributes', TextCondition.kind)
+    if args.prompt is not None and condition.get('kind') != TextCondition.kind:
+        raise ValueError(f"--prompt needs a model trained on captions; {run_dir} is "
+                         f"{'conditioned on ' + condition['kind'] if condition else 'unconditional'} (drop --run to use the bundled text model)")
+    if args.attr and condition.get('kind') == TextCondition.kind:
+        raise ValueError(f"{run_dir} reads captions, not attributes: ask with --prompt \"a person with round glasses\" instead of --attr")
+    if (args.attr or args.guidance is not None or args.guidance_rescale) and condition.get('kind') not in guided:
+        raise ValueError(f"--attr and --guidance need a model conditioned on attributes (or --guidance on captions); {run_dir} is "
                          f"{'conditioned on ' + condition['kind'] if condition else 'unconditional'} (train one with --condition attributes)")
-    if condition.get('kind') == 'attributes':
+    if condition.get('kind') == TextCondition.kind:
+        guidance = DEFAULT_TEXT_GUIDANCE if args.guidance is None else args.guidance
+        images = sample_prompt(run, args.n, args.prompt or '', guidance, args.guidance_rescale, **kw)
+        print(f"asked for {repr(args.prompt) if args.prompt else 'nothing (the empty prompt)'}, guidance w = {guidance}")
+    elif condition.get('kind') == 'attributes':
         schema = run_schema(run)
         request = schema.parse(args.attr or [])                           # a bad name or value: before sampling
         guidance = DEFAULT_GUIDANCE if args.guidance is None else args.guidance
@@ -531,7 +561,8 @@ def _fit_ensemble(out: Path, fit) -> int:
 def _sample_ensemble(args):
     "`sample --run ENSEMBLE`: the experts, each at its own timesteps, in one sampling run."
     folder = Path(args.run_dir)
-    for flag, value in (('--attr', args.attr), ('--guidance', args.guidance), ('--guidance-rescale', args.guidance_rescale or None)):
+    for flag, value in (('--attr', args.attr), ('--prompt', args.prompt), ('--guidance', args.guidance),
+                        ('--guidance-rescale', args.guidance_rescale or None)):
         if value is not None: raise ValueError(f"{flag}: the experts of {folder} are unconditional; drop {flag}")
     keep = args.keep or KEEPS[0]
     run = load_ensemble(folder, device=resolve_device(args.device), keep=keep)   # a missing expert: one line
@@ -728,16 +759,23 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     show = warnings.showwarning
     warnings.showwarning = _one_line_warning                            # warnings, too, are one line
+    world = World()
     try:
+        world = launched_world()                                        # torchrun's processes (chapter 04b)
+        if world.distributed and args.command != 'train':
+            raise ValueError(f"only `{PROG} train` runs on several processes; run `{PROG} {args.command}` without torchrun")
         return args.run(args) or 0
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        if world.is_main: print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except (ValueError, OSError, RuntimeError) as e:                    # bad input, files, devices, memory
-        print(f"{PROG}: error: {error_line(e)}", file=sys.stderr)
+        if isinstance(e, RefusedOnMain): return 2                       # rank 0 says it, once
+        who = f" (process {world.rank} of {world.size})" if world.distributed else ''
+        print(f"{PROG}: error{who}: {error_line(e)}", file=sys.stderr)
         return 2
     finally:
         warnings.showwarning = show
+        close_distributed()                                             # leave the process group cleanly
 
 # %% ../nbs/09_cli.ipynb #b5886b53
 def _in_ipython():

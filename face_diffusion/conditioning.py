@@ -273,7 +273,8 @@ def condition_from_config(record: dict, source: DataSource):
     "Rebuild a run's condition from its config.json record, reading its labels again (refused if they changed)."
     if record['kind'] not in CONDITIONS:
         raise ValueError(f"this run's condition is {record['kind']!r}, not one of chapter 10's ({', '.join(CONDITIONS)}); "
-                         f"resume it with its own chapter's function (superres: face_diffusion.cascade.resume_superres)")
+                         f"resume it with its own chapter's function (superres: face_diffusion.cascade.resume_superres; "
+                         f"text: face_diffusion.text.resume_text)")
     if record['kind'] == 'layout': return LayoutCondition(record['cells'])
     labels = record['labels']
     if labels['kind'] == 'tensor': raise ValueError("this run's labels were given in Python; resume it with Trainer.resume(run_dir, condition=...)")
@@ -318,7 +319,8 @@ def _doubled(v):
 
 class GuidedModel(nn.Module):
     """A model with classifier-free guidance built in: `GuidedModel(model, w, φ)(x_t, t, cond)` runs the conditional pass
-    and the unconditional one (every attribute group dropped; an image or level in `cond` stays in both) as one batch of
+    and the unconditional one (every attribute group dropped, or the caption emptied (chapter 10a); an image or level
+    in `cond` stays in both) as one batch of
     2N, and mixes them by `classifier_free_guidance`. w = 1 (without φ) and a condition with every group dropped need
     only one pass, since then ô_c = ô_∅ or there is nothing to mix."""
     def __init__(self, model: nn.Module, scale: float, rescale: float = 0.0):
@@ -332,11 +334,15 @@ class GuidedModel(nn.Module):
 
     def forward(self, x_t, t, cond=None):
         cond, n = as_condition(cond), len(x_t)
-        if cond.attributes is None or (self.scale == 1 and not self.rescale): return self.model(x_t, t, cond)
-        drop = group_flags(cond.drop, n, len(self.config.attribute_groups), x_t.device)
+        asked = cond.attributes if cond.attributes is not None else cond.tokens      # attributes, or a caption (10a)
+        if asked is None or (self.scale == 1 and not self.rescale): return self.model(x_t, t, cond)
+        groups = len(self.config.attribute_groups) if cond.attributes is not None else 1
+        drop = group_flags(cond.drop, n, groups, x_t.device)
+        if cond.attributes is None: drop = drop[:, 0]                                  # a caption: one flag per image
         if bool(drop.all()): return self.model(x_t, t, cond)                           # nothing asked for: ô_c = ô_∅
-        both = Condition(attributes=_doubled(torch.as_tensor(cond.attributes, device=x_t.device)), image=_doubled(cond.image),
-                         level=_doubled(cond.level), drop=torch.cat([drop, torch.ones_like(drop)]))   # c, then ∅
+        field = 'attributes' if cond.attributes is not None else 'tokens'
+        both = Condition(image=_doubled(cond.image), level=_doubled(cond.level), drop=torch.cat([drop, torch.ones_like(drop)]),
+                         **{field: _doubled(torch.as_tensor(asked, device=x_t.device))})   # c, then ∅
         out = self.model(torch.cat([x_t, x_t]), torch.cat([t, t]), both).float()      # mixed in float32, even under autocast
         out_cond, out_uncond = out.chunk(2)
         return classifier_free_guidance(out_cond, out_uncond, self.scale, self.rescale)

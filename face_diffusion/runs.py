@@ -444,12 +444,13 @@ def unet_config(spec: str, image_size: int) -> UNetConfig:
     except (UnicodeDecodeError, json.JSONDecodeError) as e: raise ValueError(f"--model {spec} is not valid JSON ({e})") from None
     return UNetConfig.from_dict({**d.get('unet', d), 'image_size': image_size})
 
-PRETRAINED = {'unconditional': 'pretrained', 'attributes': 'pretrained_attributes', 'superres': 'pretrained_superres'}   # bundled models, by what they take
+PRETRAINED = {'unconditional': 'pretrained', 'attributes': 'pretrained_attributes', 'superres': 'pretrained_superres',
+              'text': 'pretrained_text'}   # bundled models, by what they take
 
 def pretrained_dir(kind: str = 'unconditional') -> Path:
     """The folder of a bundled model (config.json + ema.safetensors), shipped inside the package: the unconditional
     one, `'attributes'`: chapter 10's model conditioned on face attributes, or `'superres'`: chapter 12's 32 → 64 px
-    super-resolution model."""
+    super-resolution model, or `'text'`: chapter 10a's model conditioned on captions."""
     import face_diffusion
     check_choice(kind, PRETRAINED, 'bundled model')
     return Path(face_diffusion.__file__).resolve().parent / PRETRAINED[kind]

@@ -9,7 +9,7 @@ __all__ = ['LOSSES', 'PRECISIONS', 'RECIPES', 'min_snr_weight', 'per_sample_loss
            'measure_train_speed', 'fastest_precision', 'recipe_for', 'plot_loss', 'show_progress']
 
 # %% ../nbs/04_training.ipynb #5a7b5d3c
-import copy, json, math, os, random, signal, threading, time
+import contextlib, copy, json, math, os, random, signal, threading, time
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .data import to_float, random_flip, save_grid
@@ -27,6 +28,9 @@ from .runs import (RUN_MARKER, RUN_FORMAT_VERSION, DataSource, RunLock, atomic_w
                                  make_folder, prepare_run_dir, remove_temporaries, set_aside_newer, save_checkpoint, latest_intact_checkpoint,
                                  checkpoint_step, checkpoints, load_state, load_weights, model_config, config_difference,
                                  append_log, read_log, truncate_log, load_run, weights_difference)
+from .distributed import (World, current_world, process_device, all_mean, all_max, gather_objects, on_main,
+                                        PeerLostError, is_peer_loss, torchrun_command)
+
 
 # %% ../nbs/04_training.ipynb #965e47df
 LOSSES = ('l2', 'l1', 'huber')
@@ -337,15 +341,18 @@ class Trainer:
     uint8 training images) and `to_dict()` (recorded in config.json under 'degradation', and compared on resume);
     the network then learns x_0 from x_t = D(x_0, t) with `restoration_loss` (objective 'x0', no min-SNR weighting).
     `timesteps=(lo, hi)`, for an expert denoiser (chapter 13), trains on lo ≤ t < hi only (recorded in config.json);
-    `init_weights`, a state dict, starts the model and its EMA from trained weights (fine-tuning) instead of at random."""
+    `init_weights`, a state dict, starts the model and its EMA from trained weights (fine-tuning) instead of at random.
+    Under torchrun (chapter 04b), each of the `world`'s processes trains on its own shard with its own random stream,
+    DistributedDataParallel averages the gradients, and rank 0 alone writes the run folder."""
     def __init__(self, unet_config, train_config, data, run_dir, overwrite: bool = False, device=None,
                  sample_fn=None, progress: bool = True, resume_from=None, condition=None, degradation=None,
-                 timesteps=None, init_weights=None):
+                 timesteps=None, init_weights=None, world: World | None = None):
         self.unet_config = unet_config if isinstance(unet_config, UNetConfig) else (
             UNetConfig.preset(unet_config) if isinstance(unet_config, str) else UNetConfig.from_dict(unet_config))
         tc = train_config if isinstance(train_config, TrainConfig) else TrainConfig.from_dict(train_config or {})
-        self.train_config, self.run_dir, self.sample_fn, self.progress = tc, Path(run_dir), sample_fn, progress
-        self.device = resolve_device(device)
+        self.world = world or current_world()                           # which process of how many (chapter 04b)
+        self.train_config, self.run_dir, self.sample_fn, self.progress = tc, Path(run_dir), sample_fn, progress and self.world.is_main
+        self.device = process_device(self.world, resolve_device(device))
         self.precision = resolve_precision(tc.precision, self.device)
         on_gpu = self.device.type == 'cuda'
         self.channels_last = on_gpu if tc.channels_last is None else tc.channels_last
@@ -361,13 +368,14 @@ class Trainer:
         schedule = NoiseSchedule(tc.schedule, tc.T)
         self.config = {'format': RUN_MARKER, 'format_version': RUN_FORMAT_VERSION, 'unet': self.unet_config.to_dict(),
                        'schedule': schedule.config(), 'objective': tc.objective, 'image_size': self.unet_config.image_size,
-                       'train': tc.to_dict(), 'data': self.data.to_dict(), 'world_size': 1,
+                       'train': tc.to_dict(), 'data': self.data.to_dict(), 'world_size': self.world.size,
+                       'global_batch': tc.batch_size * tc.grad_accum * self.world.size,
                        'condition': condition.to_dict() if condition is not None else None}
         if degradation is not None: self.config['degradation'] = degradation.to_dict()
         self.timesteps = _check_timesteps(timesteps, tc.T, degradation)
         if self.timesteps is not None: self.config['timesteps'] = list(self.timesteps)
-        self.lock = RunLock(make_folder(self.run_dir))
-        with self.lock: self._prepare_run_dir(overwrite, resume_from)
+        self.lock = contextlib.nullcontext()                            # rank 0 alone writes, under its RunLock
+        on_main(lambda: self._locked_prepare(overwrite, resume_from), self.world)    # its refusal stops every process
 
         random.seed(tc.seed); np.random.seed(tc.seed); torch.manual_seed(tc.seed)   # the same seed, the same network
         self.model = build_unet(self.unet_config).to(self.device)
@@ -376,13 +384,18 @@ class Trainer:
         self.ema = EMA(self.model, tc.ema_decay, tc.ema_warmup)
         self.optimizer = self._make_optimizer()
         self.scaler = torch.amp.GradScaler('cuda', enabled=self.precision == 'fp16')
-        self.train_model = torch.compile(self.model) if self.use_compile else self.model
+        self.train_model = self.model
+        if self.world.distributed:                                      # all-reduce (average) gradients in backward
+            self.train_model = DistributedDataParallel(self.model, device_ids=[self.device.index] if on_gpu else None)
+        if self.use_compile: self.train_model = torch.compile(self.train_model)
         self.schedule = schedule.to(self.device)
-        self.images = images.to(self.device)                # decoded once, kept as uint8 where the model is
-        self.gen = torch.Generator(self.device).manual_seed(tc.seed)   # batches, flips, t and ε
+        self.n_images = len(images)
+        self.shard = self.world.shard(len(images)).to(self.device) if self.world.distributed else None   # global indices
+        self.images = (images[self.shard.cpu()] if self.world.distributed else images).to(self.device)   # uint8, where the model is
+        self.gen = torch.Generator(self.device).manual_seed(self.world.seed(tc.seed))   # batches, flips, t and ε
         self.step, self.images_seen, self.last_checkpoint, self.history = 0, 0, None, []
         self.stop_requests, self._paused = StopRequests(), 0.0          # Ctrl-C / SIGTERM; seconds spent off the clock
-        self.resume_command = f"face-diffusion train --out {self.run_dir} --resume"   # what a stop tells the user to run
+        self.resume_command = torchrun_command(self.world.size, f"train --out {self.run_dir} --resume")   # what a stop tells the user
         self._t_mark, self._seen_mark = time.perf_counter(), 0          # where the throughput is measured from
         self._step_t = torch.zeros((), dtype=torch.long, device=self.device)         # device-side step counter
         self._first_bad = torch.full((), -1, dtype=torch.long, device=self.device)   # first non-finite step, or −1
@@ -403,6 +416,10 @@ class Trainer:
                              f"{ch}×{size}×{size}; resize the data or set UNetConfig.image_size")
         return source, images
 
+    def _locked_prepare(self, overwrite, resume_from):
+        self.lock = RunLock(make_folder(self.run_dir))
+        with self.lock: self._prepare_run_dir(overwrite, resume_from)
+
     def _prepare_run_dir(self, overwrite, resume_from):
         "A new run: an empty (or safely replaced) folder with config.json. A resume: the same model, stale files cleaned."
         d = self.run_dir
@@ -410,6 +427,10 @@ class Trainer:
             prepare_run_dir(d, overwrite, keep=[self.data.path] if self.data.path else [])
         else:
             saved = read_config(d)
+            if saved.get('world_size', 1) != self.world.size:
+                raise ValueError(f"run folder {d} was trained on {saved.get('world_size', 1)} process(es), each with its own data "
+                                 f"shard and random stream; resume it on as many: "
+                                 f"{torchrun_command(saved.get('world_size', 1), f'train --out {d} --resume')}")
             diff = config_difference(saved, self.config)
             if diff: raise ValueError(f"run folder {d} holds a different model ({diff}); resume it with its own settings")
             if saved.get('condition') != self.config['condition']:
@@ -431,7 +452,7 @@ class Trainer:
 
     @classmethod
     def resume(cls, run_dir, images=None, extra_steps: int | None = None, device=None, sample_fn=None, progress=True,
-               condition=None, degradation=None):
+               condition=None, degradation=None, world: World | None = None):
         """Continue the run in `run_dir` from its newest intact checkpoint (`extra_steps` more than it has done, if given).
         The images come from the data source recorded in the run; `images` are needed only for a run trained on images
         given in Python, and must be the same ones. A conditioned run also needs its `condition` (chapter 10's
@@ -439,7 +460,7 @@ class Trainer:
         cfg = read_config(run_dir)
         if cfg.get('condition') and condition is None:
             kind = cfg['condition'].get('kind')
-            how = 'cascade.resume_superres' if kind == 'superres' else 'conditioning.resume_conditioned'   # chapter 12 or 10
+            how = {'superres': 'cascade.resume_superres', 'text': 'text.resume_text'}.get(kind, 'conditioning.resume_conditioned')
             raise ValueError(f"{run_dir} is conditioned ({kind}); resume it with face_diffusion.{how}(run_dir) or the command line")
         if cfg.get('degradation') and degradation is None:
             raise ValueError(f"{run_dir} restores a degradation ({cfg['degradation'].get('kind')}); resume it with "
@@ -454,7 +475,7 @@ class Trainer:
         tc = TrainConfig.from_dict(cfg['train'])
         if extra_steps is not None: tc.steps = checkpoint_step(path) + extra_steps
         return cls(cfg['unet'], tc, data, run_dir, device=device, sample_fn=sample_fn, progress=progress, resume_from=path,
-                   condition=condition, degradation=degradation, timesteps=cfg.get('timesteps'))
+                   condition=condition, degradation=degradation, timesteps=cfg.get('timesteps'), world=world)
 
     def _make_optimizer(self):
         tc = self.train_config
@@ -472,25 +493,32 @@ class Trainer:
         x = to_float(x)                                                 # [0, 255] → [-1, 1]
         return (x.contiguous(memory_format=torch.channels_last) if self.channels_last else x), idx
 
+    def micro_batch_loss(self) -> torch.Tensor:
+        "The loss of one micro-batch of this process's data (the network's forward pass)."
+        tc = self.train_config
+        x0, idx = self._batch()
+        if self.shard is not None: idx = self.shard[idx]                # the condition looks labels up by global index
+        cond = self.condition.batch(idx, x0, self.gen) if self.condition is not None else None
+        t = None                                                        # None: diffusion_loss draws t ~ U{0 … T−1}
+        if self.timesteps is not None: t = torch.randint(*self.timesteps, (len(x0),), generator=self.gen, device=self.device)
+        with autocast(self.precision, self.device):
+            if self.degradation is None:
+                return diffusion_loss(self.train_model, self.schedule, x0, tc.objective, tc.loss, tc.min_snr_gamma,
+                                      generator=self.gen, t=t, huber_delta=tc.huber_delta, cond=cond)
+            return restoration_loss(self.train_model, self.degradation, x0, tc.loss, generator=self.gen,
+                                    huber_delta=tc.huber_delta, cond=cond)
+
     def train_step(self) -> torch.Tensor:
         "One optimizer step (grad_accum micro-batches); returns the mean loss as a device tensor (no host sync)."
         tc = self.train_config
         lr = lr_at(self.step, tc.lr, tc.steps, tc.warmup_steps, tc.min_lr_ratio)
         for group in self.optimizer.param_groups: group['lr'] = lr
         total = torch.zeros((), device=self.device)
-        for _ in range(tc.grad_accum):
-            x0, idx = self._batch()
-            cond = self.condition.batch(idx, x0, self.gen) if self.condition is not None else None
-            t = None                                                    # None: diffusion_loss draws t ~ U{0 … T−1}
-            if self.timesteps is not None: t = torch.randint(*self.timesteps, (len(x0),), generator=self.gen, device=self.device)
-            with autocast(self.precision, self.device):
-                if self.degradation is None:
-                    loss = diffusion_loss(self.train_model, self.schedule, x0, tc.objective, tc.loss, tc.min_snr_gamma,
-                                          generator=self.gen, t=t, huber_delta=tc.huber_delta, cond=cond)
-                else:
-                    loss = restoration_loss(self.train_model, self.degradation, x0, tc.loss, generator=self.gen,
-                                            huber_delta=tc.huber_delta, cond=cond)
-            self.scaler.scale(loss / tc.grad_accum).backward()
+        for i in range(tc.grad_accum):
+            last = i == tc.grad_accum - 1                               # DDP all-reduces in the last backward only
+            with (self.train_model.no_sync() if self.world.distributed and not last else contextlib.nullcontext()):
+                loss = self.micro_batch_loss()
+                self.scaler.scale(loss / tc.grad_accum).backward()
             total += loss.detach()
         if tc.grad_clip:
             self.scaler.unscale_(self.optimizer)
@@ -498,9 +526,9 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        self.ema.update(self.model)
+        if self.world.is_main: self.ema.update(self.model)             # the EMA lives on rank 0, which saves it
         self.step += 1
-        self.images_seen += tc.batch_size * tc.grad_accum
+        self.images_seen += tc.batch_size * tc.grad_accum * self.world.size   # counted over every process
         loss = total / tc.grad_accum
         self._step_t += 1                                               # device-side step counter and NaN watch
         self._first_bad = torch.where(~torch.isfinite(loss) & (self._first_bad < 0), self._step_t, self._first_bad)
@@ -519,8 +547,13 @@ class Trainer:
                        dynamic_ncols=True, smoothing=0.1)
             try: self._loop(end, bar)
             except KeyboardInterrupt:                                   # also raised outside our handler (not main thread)
-                if self.stop_requests.signum is None: self._save_on_interrupt()
+                if self.stop_requests.signum is None and not self.world.distributed: self._save_on_interrupt()
                 raise
+            except RuntimeError as e:
+                if not (self.world.distributed and is_peer_loss(e)): raise
+                raise PeerLostError(f"another training process stopped or cannot be reached ({_first_words(e)}); "
+                                    f"this one stopped at step {self.step}; last good checkpoint: {self.last_checkpoint or 'none yet'}; "
+                                    f"resume with: {self.resume_command}") from None
             finally: bar.close()
         return self
 
@@ -528,7 +561,8 @@ class Trainer:
         tc = self.train_config
         loss_sum, n_sum, saved_at, sampled_at = 0.0, 0, None, None
         while self.step < end:
-            if self.stop_requests.signum is not None: self._stop(self.stop_requests.signum)
+            signum = self._agreed_stop()
+            if signum: self._stop(signum)
             loss_sum = loss_sum + self.train_step()
             n_sum += 1
             bar.update(1)
@@ -540,10 +574,16 @@ class Trainer:
         if saved_at != self.step: self.save_checkpoint()
         if sampled_at != self.step and self.step == tc.steps: self.sample_grid()
 
+    def _agreed_stop(self) -> int:
+        "The signal that asked to stop (0: none); under DDP, any process's request, so that all stop at the same step."
+        signum = self.stop_requests.signum or 0
+        if not self.world.distributed: return signum
+        return int(all_max(torch.tensor(signum, device=self.device), self.world))   # one tiny all-reduce per step
+
     def _stop(self, signum):
         path = self._save_on_interrupt()
-        print(f"{signal.Signals(signum).name} at step {self.step}: checkpoint saved to {path}; "
-              f"resume with: {self.resume_command}")
+        if self.world.is_main: print(f"{signal.Signals(signum).name} at step {self.step}: checkpoint saved to {path}; "
+                                     f"resume with: {self.resume_command}")
         if signum == signal.SIGINT: raise KeyboardInterrupt(f"training interrupted at step {self.step}")
         raise SystemExit(128 + signum)
 
@@ -554,7 +594,7 @@ class Trainer:
 
     def _check_finite(self, weights: bool = False):
         "Raise NonFiniteLossError naming the step and the last good checkpoint if the loss (or a weight) went bad."
-        bad = int(self._first_bad)                                      # host sync: only here
+        bad = int(all_max(self._first_bad, self.world))                 # host sync: only here (the worst process)
         if bad < 0 and weights and not torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all():
             bad = self.step                                             # finite loss, broken weights
         if bad >= 0:
@@ -563,12 +603,13 @@ class Trainer:
                                      f"{last}; lower the learning rate or use fp32, then resume")
 
     def _log(self, loss, bar):
+        loss = all_mean(loss, self.world)                               # the loss of the global batch
         self._check_finite()
         now = time.perf_counter()
         ips = (self.images_seen - self._seen_mark) / max(1e-9, now - self._t_mark - self._paused)
-        rec = {'step': self.step, 'epoch': round(self.images_seen / len(self.images), 3), 'loss': float(loss),
+        rec = {'step': self.step, 'epoch': round(self.images_seen / self.n_images, 3), 'loss': float(loss),
                'lr': self.optimizer.param_groups[0]['lr'], 'img_per_s': round(ips, 1), 'time': round(time.time(), 1)}
-        append_log(self.run_dir, rec)
+        if self.world.is_main: append_log(self.run_dir, rec)
         self.history.append(rec)
         bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f'{ips:.0f}', lr=f"{rec['lr']:.1e}", refresh=False)
         self._t_mark, self._seen_mark, self._paused = now, self.images_seen, 0.0
@@ -588,8 +629,9 @@ class Trainer:
             return ddim_preview(self.ema.module, self.schedule, tc.objective, n, self.unet_config.image_size,
                                 self.unet_config.in_channels, tc.sample_steps, gen, cond)
 
-    def sample_grid(self) -> Path:
-        "Save a grid of EMA samples as samples/step_XXXXXX.png."
+    def sample_grid(self) -> Path | None:
+        "Save a grid of EMA samples as samples/step_XXXXXX.png (on rank 0; other processes do nothing)."
+        if not self.world.is_main: return None
         t0 = time.perf_counter()
         images = self.sample()
         path = self.run_dir / 'samples' / f'step_{self.step:06d}.png'
@@ -599,17 +641,23 @@ class Trainer:
         return path
 
     def training_state(self) -> dict:
-        return {'step': self.step, 'images_seen': self.images_seen, 'epoch': self.images_seen / len(self.images),
-                'optimizer': self.optimizer.state_dict(), 'scaler': self.scaler.state_dict(),
-                'ema': {k: v for k, v in self.ema.state_dict().items() if k != 'module'},
-                'rng': _rng_states(self.gen), 'config': self.config, 'torch_version': str(torch.__version__)}
+        rng = _rng_states(self.gen)
+        state = {'step': self.step, 'images_seen': self.images_seen, 'epoch': self.images_seen / self.n_images,
+                 'optimizer': self.optimizer.state_dict(), 'scaler': self.scaler.state_dict(),
+                 'ema': {k: v for k, v in self.ema.state_dict().items() if k != 'module'},
+                 'rng': rng, 'config': self.config, 'torch_version': str(torch.__version__)}
+        if self.world.distributed: state['rank_rng'] = gather_objects(rng, self.world)   # every process's streams
+        return state
 
     def save_checkpoint(self) -> Path:
         "Save a checkpoint (chapter 04a's `save_checkpoint`), never from non-finite weights."
         self._check_finite(weights=True)                                # never overwrite good weights with NaNs
         t0 = time.perf_counter()
-        self.last_checkpoint = save_checkpoint(self.run_dir, self.step, _cpu_tensors(self.model), _cpu_tensors(self.ema.module),
-                                               self.training_state(), model_config(self.config), self.train_config.keep_last)
+        state = self.training_state()                                   # under DDP: gathered from every process
+        write = lambda: save_checkpoint(self.run_dir, self.step, _cpu_tensors(self.model), _cpu_tensors(self.ema.module),
+                                        state, model_config(self.config), self.train_config.keep_last)
+        written = on_main(write, self.world)                            # rank 0 writes; every process learns it is done
+        self.last_checkpoint = written or self.run_dir / 'checkpoints' / f'step_{self.step:06d}'
         self._paused += time.perf_counter() - t0
         return self.last_checkpoint
 
@@ -625,10 +673,16 @@ class Trainer:
         self.optimizer.load_state_dict(state['optimizer'])
         self.scaler.load_state_dict(state['scaler'])
         self.step, self.images_seen = state['step'], state['images_seen']
-        _set_rng_states(state['rng'], self.gen)
+        _set_rng_states(state['rank_rng'][self.world.rank] if self.world.distributed else state['rng'], self.gen)
         self.last_checkpoint = path
-        truncate_log(self.run_dir, self.step)                           # forget log rows after this checkpoint
+        if self.world.is_main: truncate_log(self.run_dir, self.step)   # forget log rows after this checkpoint
         return self
+
+def _first_words(e: BaseException) -> str:
+    "The gist of a communication error: its first line, without gloo's source-file prefix."
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text.split('] ', 1)[-1].split('. ')[0][:120]
+
 
 # %% ../nbs/04_training.ipynb #ca6979ce
 def measure_train_speed(unet: UNetConfig, batch: int, device, precision: str = 'auto', seconds: float = 4.0) -> float:

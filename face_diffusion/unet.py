@@ -67,6 +67,10 @@ class UNetConfig:
     cond_image_channels: int = 0          # C_c: channels of an image concatenated to x_t; 0 = none
     cond_levels: bool = False             # a number per image (an augmentation level) embedded like t
     cond_groups: tuple = ()               # sizes of the attribute groups (one null each), summing to A; (): one group
+    cond_text_vocab: int = 0              # V: words of a caption vocabulary, read by a text encoder (chapter 10a); 0 = none
+    cond_text_dim: int = 64               # D: width of the token embeddings the U-Net cross-attends to
+    cond_text_layers: int = 2             # transformer layers of the text encoder
+    cond_text_len: int = 32               # most tokens per caption
 
     def __post_init__(self):
         self.channel_mults = tuple(int(m) for m in self.channel_mults)
@@ -89,7 +93,8 @@ class UNetConfig:
     @property
     def conditions(self) -> tuple[str, ...]:
         "The condition inputs this U-Net takes, by their `Condition` field names; () for an unconditioned one."
-        on = dict(attributes=self.cond_attributes > 0, image=self.cond_image_channels > 0, level=self.cond_levels)
+        on = dict(attributes=self.cond_attributes > 0, image=self.cond_image_channels > 0, level=self.cond_levels,
+                  tokens=self.cond_text_vocab > 0)
         return tuple(name for name, taken in on.items() if taken)
 
     def validate(self):
@@ -117,7 +122,15 @@ class UNetConfig:
                                  or sum(self.cond_groups) != self.cond_attributes):
             raise ValueError(f"cond_groups {self.cond_groups} must be whole numbers ≥ 1 that sum to cond_attributes = "
                              f"{self.cond_attributes} (the sizes of the attribute groups), or () for one group")
-        if self.kind == 'simple': return   # Ho and Zhu's network has no GroupNorm and no attention
+        for name in ('cond_text_vocab', 'cond_text_dim', 'cond_text_layers', 'cond_text_len'):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == 'cond_text_vocab' else 1):
+                raise ValueError(f"{name} must be a whole number ≥ {0 if name == 'cond_text_vocab' else 1}, got {v!r}")
+        if self.cond_text_vocab and self.cond_text_dim % 8:
+            raise ValueError(f"cond_text_dim must be a multiple of 8 (the text encoder's 8 heads), got {self.cond_text_dim}")
+        if self.kind == 'simple':          # Ho and Zhu's network has no GroupNorm and no attention
+            if self.cond_text_vocab: raise ValueError("a text condition needs attention layers: use kind='modern'")
+            return
         if bad := [r for r in self.attention_resolutions if r not in self.resolutions]:
             raise ValueError(f"attention_resolutions {bad} are not feature-map sides of this U-Net; "
                              f"choose from {self.resolutions}")
@@ -263,10 +276,18 @@ class Upsample(nn.Sequential):
     def __init__(self, ch: int): super().__init__(nn.Upsample(scale_factor=2, mode='nearest'), nn.Conv2d(ch, ch, 3, padding=1))
 
 class Level(nn.Module):
-    "One resolution of the U-Net: residual blocks, each followed by attention (or nothing), then a resampler."
-    def __init__(self, blocks, attentions, resample):
+    """One resolution of the U-Net: residual blocks, each followed by attention (or nothing), then a resampler.
+    `cross`: for a text-conditioned U-Net (chapter 10a), a cross-attention (or nothing) after each block's attention."""
+    def __init__(self, blocks, attentions, resample, cross=None):
         super().__init__()
         self.blocks, self.attentions, self.resample = nn.ModuleList(blocks), nn.ModuleList(attentions), resample
+        self.cross = nn.ModuleList(cross) if cross is not None else None
+
+    def attend(self, i: int, h, text):
+        "Block i's attention, then its cross-attention to the caption's tokens `text` (when it has one)."
+        h = self.attentions[i](h)
+        if self.cross is not None and not isinstance(self.cross[i], nn.Identity): h = self.cross[i](h, *text)
+        return h
 
 # %% ../nbs/03_unet.ipynb #1cd4904a
 class UNet(nn.Module):
@@ -278,6 +299,13 @@ class UNet(nn.Module):
         block = partial(ResBlock, time_dim=c.time_dim, groups=c.groups, dropout=c.dropout, zero_init=c.zero_init)
         attention = lambda ch, r: (SelfAttention(ch, c.head_channels, c.groups, c.zero_init)
                                    if r in c.attention_resolutions else nn.Identity())
+        self.text = None
+        if c.cond_text_vocab:                                         # captions (chapter 10a): a text encoder, and
+            from face_diffusion.text import TextEncoder, CrossAttention   # cross-attention wherever there is attention
+            self.text = TextEncoder(c.cond_text_vocab, c.cond_text_dim, c.cond_text_layers, c.cond_text_len)
+            crossing = lambda ch, where: [CrossAttention(ch, c.cond_text_dim, c.head_channels, c.groups, c.zero_init)
+                                          if on else nn.Identity() for on in where]
+        else: crossing = lambda ch, where: None
         self.time_embed = TimestepEmbedding(c.base_channels, c.time_dim)
         self.conv_in = nn.Conv2d(c.in_channels + c.cond_image_channels, widths[0], 3, padding=1)   # reads x_t ⊕ c
         skip_chs, ch = [widths[0]], widths[0]                         # channels of every feature kept for the way up
@@ -288,18 +316,19 @@ class UNet(nn.Module):
                 blocks.append(block(ch, w)); attns.append(attention(w, r)); ch = w
                 skip_chs.append(ch)
             last = i == len(widths) - 1
-            self.down.append(Level(blocks, attns, nn.Identity() if last else Downsample(ch)))
+            self.down.append(Level(blocks, attns, nn.Identity() if last else Downsample(ch), crossing(w, [r in c.attention_resolutions] * len(blocks))))
             if not last: skip_chs.append(ch)
         self.skip_channels = tuple(skip_chs)                          # in the order they are stored
         self.mid = Level([block(ch, ch), block(ch, ch)],
                          [SelfAttention(ch, c.head_channels, c.groups, c.zero_init) if c.mid_attention else nn.Identity(),
-                          nn.Identity()], nn.Identity())
+                          nn.Identity()], nn.Identity(), crossing(ch, [c.mid_attention, False]))
         self.up = nn.ModuleList()
         for i, (w, r) in reversed(list(enumerate(zip(widths, res)))):
             blocks, attns = [], []
             for _ in range(c.num_res_blocks + 1):
                 blocks.append(block(ch + skip_chs.pop(), w)); attns.append(attention(w, r)); ch = w
-            self.up.append(Level(blocks, attns, Upsample(ch) if i > 0 else nn.Identity()))
+            self.up.append(Level(blocks, attns, Upsample(ch) if i > 0 else nn.Identity(),
+                                 crossing(w, [r in c.attention_resolutions] * len(blocks))))
         self.norm_out = nn.GroupNorm(c.groups, ch)
         self.conv_out = nn.Conv2d(ch, c.in_channels, 3, padding=1)
         if c.zero_init: zero_module(self.conv_out)                    # the untrained model predicts 0
@@ -312,17 +341,18 @@ class UNet(nn.Module):
         emb = self.time_embed(t)                                      # MLP(t)
         if self.cond_embed is not None: emb = emb + self.cond_embed(cond, len(x))   # + W a (or n) + MLP_ℓ(ℓ)
         emb = F.silu(emb)                                             # e(t, cond), shared by every block
+        text = self.text(cond.tokens, cond.drop, len(x)) if self.text is not None else None   # caption → (keys, mask)
         h = self.conv_in(x if cond.image is None else torch.cat([x, cond.image], dim=1))   # x_t ⊕ c
         skips = [h]
         for level in self.down:
-            for block, attn in zip(level.blocks, level.attentions):
-                h = attn(block(h, emb)); skips.append(h)
+            for i, block in enumerate(level.blocks):
+                h = level.attend(i, block(h, emb), text); skips.append(h)
             if not isinstance(level.resample, nn.Identity):
                 h = level.resample(h); skips.append(h)
-        for block, attn in zip(self.mid.blocks, self.mid.attentions): h = attn(block(h, emb))
+        for i, block in enumerate(self.mid.blocks): h = self.mid.attend(i, block(h, emb), text)
         for level in self.up:
-            for block, attn in zip(level.blocks, level.attentions):
-                h = attn(block(torch.cat([h, skips.pop()], dim=1), emb))   # skip connection by concatenation
+            for i, block in enumerate(level.blocks):
+                h = level.attend(i, block(torch.cat([h, skips.pop()], dim=1), emb), text)   # skip connection by concatenation
             h = level.resample(h)
         return self.conv_out(F.silu(self.norm_out(h)))
 
@@ -351,7 +381,7 @@ def flops_per_image(model: nn.Module, image_size: int | None = None, batch: int 
     return counter.get_total_flops() / batch
 
 # %% ../nbs/03_unet.ipynb #c61780a3
-COND_FIELDS = ('attributes', 'image', 'level', 'drop')
+COND_FIELDS = ('attributes', 'image', 'level', 'drop', 'tokens')
 LEVEL_SCALE = 1000.0      # a level ℓ ∈ [0, 1] is embedded as the timestep 1000·ℓ
 
 @dataclass
@@ -366,14 +396,18 @@ class Condition:
     drop: N booleans, or one for the batch → these images get the learned null embedding n instead of W a
         (condition dropout in training; the unconditional pass of guidance). Without attributes, every image gets n.
         For a U-Net with attribute groups (`cond_groups`), `drop` may also be (N, G), one flag per group: group g
-        then adds its own null n_g instead of W_g a_g, so some attributes can be asked for and the rest left free."""
+        then adds its own null n_g instead of W_g a_g, so some attributes can be asked for and the rest left free.
+        For a text-conditioned U-Net, `drop` replaces the image's caption by the empty caption.
+    tokens: (N, L) word ids of a caption (chapter 10a; 0 pads) → a text encoder, read by cross-attention. None: the
+        empty caption for every image."""
     attributes: torch.Tensor | None = None
     image: torch.Tensor | None = None
     level: torch.Tensor | float | None = None
     drop: torch.Tensor | bool | None = None
+    tokens: torch.Tensor | None = None
 
     def unconditional(self) -> 'Condition':
-        "The same condition with every image's attributes replaced by the null embedding: guidance's unconditional pass."
+        "The same condition with every image's attributes (or caption) replaced by the null: guidance's unconditional pass."
         return replace(self, drop=True)
 
 def as_condition(cond) -> Condition:
@@ -403,7 +437,7 @@ def _per_image(value, field: str, n: int, device) -> torch.Tensor:
 def check_condition(config: UNetConfig, cond, x: torch.Tensor) -> Condition:
     "Validate `model(x_t, t, cond)`'s condition against the U-Net's inputs; return a `Condition` of tensors on x_t's device."
     cond, (n, _, h, w), A, C = as_condition(cond), x.shape, config.cond_attributes, config.cond_image_channels
-    a, image, level, drop = cond.attributes, cond.image, cond.level, cond.drop
+    a, image, level, drop, tokens, V = cond.attributes, cond.image, cond.level, cond.drop, cond.tokens, config.cond_text_vocab
     if a is not None:
         a = torch.as_tensor(a, device=x.device)
         if not A: raise _not_taken('attributes', 'cond_attributes', a.shape[-1] if a.ndim else 'A')
@@ -413,7 +447,7 @@ def check_condition(config: UNetConfig, cond, x: torch.Tensor) -> Condition:
             raise ValueError(f"cond.attributes has {a.shape[1]} attributes per image, but this U-Net takes {A} "
                              f"(cond_attributes={A})")
     if drop is not None:
-        if not A: raise _not_taken('drop', 'cond_attributes', 'A', 'attributes')
+        if not (A or V): raise _not_taken('drop', 'cond_attributes', 'A', 'attributes')
         drop = _per_image(drop, 'drop', n, x.device)
         if drop.is_floating_point():
             raise ValueError(f"cond.drop must be booleans (True: use the null embedding), got {drop.dtype}")
@@ -434,7 +468,18 @@ def check_condition(config: UNetConfig, cond, x: torch.Tensor) -> Condition:
     if level is not None:
         if not config.cond_levels: raise _not_taken('level', 'cond_levels', True)
         level = _per_image(level, 'level', n, x.device)
-    return Condition(a, image, level, drop)
+    if tokens is not None:
+        tokens = torch.as_tensor(tokens, device=x.device)
+        if not V: raise _not_taken('tokens', 'cond_text_vocab', 'V', 'text')
+        if tokens.ndim != 2 or tokens.shape[0] != n or not 1 <= tokens.shape[1] <= config.cond_text_len:
+            raise ValueError(f"cond.tokens must have shape (N, L) = ({n}, L) with 1 ≤ L ≤ {config.cond_text_len}, "
+                             f"got {tuple(tokens.shape)}")
+        if tokens.is_floating_point() or tokens.dtype == torch.bool or (tokens.device.type == 'cpu' and tokens.numel()
+                and not 0 <= int(tokens.min()) <= int(tokens.max()) < V):
+            raise ValueError(f"cond.tokens must be word ids from 0 to {V - 1} (the vocabulary's size is {V})")
+    if V and drop is not None and drop.ndim != 1:
+        raise ValueError(f"cond.drop for a caption must be one flag per image, shape ({n},), got {tuple(drop.shape)}")
+    return Condition(a, image, level, drop, tokens)
 
 # %% ../nbs/03_unet.ipynb #8cbeee07
 class AttributeEmbedding(nn.Module):

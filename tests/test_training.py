@@ -227,7 +227,8 @@ def test_run_folder_layout_and_log(tmp_path, faces16):
     d = tmp_path / 'run'
     config = json.loads((d / 'config.json').read_text())
     assert set(config) == {'format', 'format_version', 'unet', 'schedule', 'objective', 'train', 'image_size', 'data', 'world_size',
-                           'condition'}
+                           'global_batch', 'condition'}
+    assert config['world_size'] == 1 and config['global_batch'] == cfg.batch_size * cfg.grad_accum
     assert config['condition'] is None                                            # unconditioned
     assert config['data']['kind'] == 'tensor' and config['data']['count'] == len(faces16)
     assert (d / 'scheduler_config.json').is_file()

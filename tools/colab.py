@@ -18,7 +18,7 @@ from nbtools import ROOT, read_nb, write_nb, src, repo_url
 BADGE_MARK = "colab-badge.svg"
 INSTALL_MARK = "# Colab only:"
 # The chapters that train a network: on Colab they need a GPU runtime, and their badge cell says so.
-TRAINING = {"04_training.ipynb", "08_faces.ipynb", "10_guidance.ipynb", "11_cold.ipynb", "12_cascade.ipynb", "13_experts.ipynb"}
+TRAINING = {"04_training.ipynb", "08_faces.ipynb", "10_guidance.ipynb", "10a_text.ipynb", "11_cold.ipynb", "12_cascade.ipynb", "13_experts.ipynb"}
 GPU_NOTE = ("**On Colab, switch to a GPU before running this chapter:** *Runtime → Change runtime type →* a GPU "
             "(the free T4 will do) *→ Save*. It trains networks; on Colab's CPU that is many times slower.")
 
