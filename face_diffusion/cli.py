@@ -312,7 +312,8 @@ def add_sample(sub):
                        description='Sample faces from a run folder (default: the bundled pretrained model) with DDPM, '
                                    'DDIM or DPM-Solver++; write a grid PNG and, with --gif, the denoising as an animated GIF. '
                                    'With a --size larger than the model\'s, a super-resolution model (chapter 12) then '
-                                   'upscales each face. --run also takes an ensemble of experts (chapter 13).')
+                                   'upscales each face. --run also takes an ensemble of experts (chapter 13). --attr asks the '
+                                   'bundled attribute model (chapter 10), --prompt the bundled text model (chapter 10a).')
     p.add_argument('--run', dest='run_dir', default=None, metavar='DIR', help='run folder, or ensemble folder of experts '
                    '(default: the bundled pretrained model)')
     p.add_argument('--keep', default=None, choices=KEEPS, help='with an ensemble: hold every expert in memory, or one at a '
