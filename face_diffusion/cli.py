@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['PROG', 'TRAIN_SETTINGS', 'RUN_OUT', 'ENSEMBLE_OUT', 'RECIPE_KEYS', 'TRAIN_CONDITIONS', 'EXPERT_STEPS',
-           'EXPERT_REFUSED', 'SUBCOMMANDS', 'whole', 'number', 'output_file', 'add_faces', 'run_faces', 'add_train',
-           'resume_conflicts', 'run_train', 'add_sample', 'run_sample', 'add_upscale', 'run_upscale', 'power_of_two',
-           'add_inpaint', 'run_inpaint', 'add_edit', 'run_edit', 'add_demo', 'run_demo', 'build_parser', 'error_line',
-           'main']
+           'EXPERT_REFUSED', 'SUBCOMMANDS', 'whole', 'emphasis_box', 'number', 'output_file', 'add_faces', 'run_faces',
+           'add_train', 'resume_conflicts', 'run_train', 'add_sample', 'run_sample', 'add_upscale', 'run_upscale',
+           'power_of_two', 'add_inpaint', 'run_inpaint', 'add_edit', 'run_edit', 'add_demo', 'run_demo', 'build_parser',
+           'error_line', 'main']
 
 # %% ../nbs/09_cli.ipynb #8b9d0a04
 import argparse, inspect, math, sys, time, warnings
@@ -22,7 +22,7 @@ from .forward import OBJECTIVES, SCHEDULES
 from .unet import PRESETS, UNetConfig
 from .runs import (CROPS, DataSource, checkpoints, load_run, make_folder, pretrained_dir, read_config,
                                  unet_config)
-from .training import (PRECISIONS, RECIPES, Trainer, TrainConfig, fastest_precision, recipe_for, resolve_device,
+from .training import (PRECISIONS, RECIPES, Trainer, TrainConfig, check_emphasis, fastest_precision, recipe_for, resolve_device,
                                      steps_per_epoch)
 from .sampling import (GIF_FACES, SAMPLERS, SPACINGS, TrajectoryRecorder, first_faces, sample_run,
                                      save_denoising_gif)
@@ -56,6 +56,11 @@ def whole(lo=None, hi=None):
             raise argparse.ArgumentTypeError(f"must be {f'from {lo} to {hi}' if hi is not None else f'at least {lo}'}, got {value}")
         return value
     return parse
+
+def emphasis_box(text):
+    "An argparse type: TOP,LEFT,BOTTOM,RIGHT,WEIGHT (training.check_emphasis) → a list of five numbers."
+    try: return check_emphasis(text.split(','))
+    except ValueError as e: raise argparse.ArgumentTypeError(str(e)) from None
 
 def number(lo=0.0, hi=None, above: bool = False):
     "An argparse type: a finite number ≥ lo (> lo with `above`), and ≤ hi."
@@ -113,6 +118,8 @@ TRAIN_SETTINGS = {
     '--T':            ('train', 'T', dict(type=whole(2, 100_000)), 'diffusion steps'),
     '--min-snr':      ('train', 'min_snr_gamma', dict(type=number(0)), 'min-SNR-γ loss weighting (Hang et al. 2023); 0 turns it off'),
     '--precision':    ('train', 'precision', dict(choices=PRECISIONS), 'number format of training'),
+    '--emphasis':     ('train', 'emphasis', dict(type=emphasis_box), 'TOP,LEFT,BOTTOM,RIGHT,WEIGHT: weight the loss WEIGHT× inside this box, '
+                       'in fractions of the image, for a small part the model neglects (chapter 10; default: none)'),
     '--seed':         ('train', 'seed', dict(type=whole(0)), 'random seed of the network and the batches (the synthetic faces are always those of seed 0)'),
     '--sample-every': ('train', 'sample_every', dict(type=whole(1)), 'steps between sample grids (default: a tenth of the run)'),
     '--save-every':   ('train', 'save_every', dict(type=whole(1)), 'steps between checkpoints (default: a tenth of the run)'),
@@ -194,11 +201,11 @@ def _new_trainer(args, out: Path) -> Trainer:
                      min_snr_gamma=_setting(args, '--min-snr') or None, lr=_setting(args, '--lr'), batch_size=batch,
                      steps=steps, warmup_steps=min(200, steps // 10), precision=_setting(args, '--precision'),
                      sample_every=every('--sample-every'), save_every=every('--save-every'),
-                     log_every=max(1, min(50, steps // 20)), seed=_setting(args, '--seed'))
+                     log_every=max(1, min(50, steps // 20)), seed=_setting(args, '--seed'), emphasis=_setting(args, '--emphasis'))
     if args.degradation:
         degradation = _cold_degradation(args, size, source)
         tc = cold_train_config(degradation, **{k: getattr(tc, k) for k in ('lr', 'batch_size', 'steps', 'warmup_steps', 'precision',
-                                                                            'sample_every', 'save_every', 'log_every', 'seed')})
+                                                                            'sample_every', 'save_every', 'log_every', 'seed', 'emphasis')})
         return Trainer(unet, tc, source, out, overwrite=args.overwrite, device=args.device, degradation=degradation)
     condition = None
     if superres is not None:
@@ -490,7 +497,7 @@ def power_of_two(text):
 _FROM_BASE = "comes from the base run (--from): its experts keep its data, network and noise schedule"
 _UNCONDITIONAL = "is not for experts: they are split from an unconditional noise model"
 EXPERT_REFUSED = {          # train options that --experts cannot use, and why
-    **{f: _FROM_BASE for f in ('--data', '--model', '--size', '--n-images', '--crop', '--objective', '--schedule', '--T', '--min-snr')},
+    **{f: _FROM_BASE for f in ('--data', '--model', '--size', '--n-images', '--crop', '--objective', '--schedule', '--T', '--min-snr', '--emphasis')},
     **{f: _UNCONDITIONAL for f in ('--condition', '--degradation', '--attributes-file', '--p-uncond', '--p-group', '--max-level')},
     '--epochs': 'is not for experts: give --steps, the optimizer steps they share',
     '--sample-every': 'is not for experts: each samples and saves at quarters of its own steps',

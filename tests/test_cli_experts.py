@@ -173,7 +173,8 @@ def test_a_finished_ensemble_resumes_to_nothing(ensemble, tmp_path):
 OPTION_VALUES = {'--data': 'synthetic', '--model': 'tiny', '--size': '64', '--n-images': '8', '--crop': 'center',
                  '--objective': 'eps', '--schedule': 'linear', '--T': '100', '--min-snr': '5', '--condition': 'attributes',
                  '--degradation': 'blur', '--attributes-file': 'list_attr_celeba.txt', '--p-uncond': '0.1',
-                 '--p-group': '0.1', '--max-level': '0.2', '--epochs': '1', '--sample-every': '1', '--save-every': '1'}
+                 '--p-group': '0.1', '--max-level': '0.2', '--epochs': '1', '--sample-every': '1', '--save-every': '1',
+                 '--emphasis': '0.5,0.28,0.75,0.72,8'}
 
 
 def test_every_refused_option_has_a_value_here():

@@ -140,6 +140,10 @@ def test_resume_refuses_photos_that_changed(tmp_path):
     ('--lr', '0.5', '--lr 0.5 contradicts the run'),
     ('--batch', '8', '--batch 8 contradicts the run'),
     ('--objective', 'eps', '--objective eps contradicts the run'),
+    ('--emphasis', '0.5,0.28,0.75,0.72,30', '--emphasis [0.5, 0.28, 0.75, 0.72, 30.0] contradicts the run'),
+    ('--emphasis', '0.5,0.28,0.75', 'argument --emphasis: emphasis'),
+    ('--emphasis', '0.5,0.28,0.4,0.72,30', 'is out of range; give it as TOP,LEFT,BOTTOM,RIGHT,WEIGHT'),
+    ('--emphasis', 'mouth', 'is not five numbers'),
     ('--data', 'synthetic', None),                                         # the same as stored: accepted
     ('--model', 'tiny', None),
     ('--size', '16', None),

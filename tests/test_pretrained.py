@@ -2,6 +2,8 @@
 
 The bound comes from measurement (face_diffusion/pretrained/MADE_WITH.md): with these seeds and settings the
 bundled model scored QUALITY_MEASURED × the real-vs-real floor; a broken sampler or model scores many times more."""
+import json
+
 import torch
 from PIL import Image
 
@@ -97,7 +99,6 @@ def test_bundled_attribute_model_null_condition_quality():
 
 def documented_config(kind: str, tmp_path) -> dict:
     "The config.json that the command in the bundled model's MADE_WITH.md writes (parsed and set up, not trained)."
-    import json
     from face_diffusion.cli import _new_trainer, build_parser
     made_with = (pretrained_dir(kind) / 'MADE_WITH.md').read_text()
     command = made_with.split('```sh')[1].split('```')[0].replace('\\\n', ' ').split()
@@ -108,9 +109,11 @@ def documented_config(kind: str, tmp_path) -> dict:
 
 
 def as_read(config: dict) -> dict:
-    "A run config as the current code reads it: an older run's U-Net record gains the fields added since, at their defaults."
+    "A run config as the current code reads it: an older run's U-Net and training records gain the fields added since, at their defaults."
     from face_diffusion.unet import UNetConfig
-    return {**config, 'unet': UNetConfig.from_dict(config['unet']).to_dict()}
+    from face_diffusion.training import TrainConfig
+    return {**config, 'unet': UNetConfig.from_dict(config['unet']).to_dict(),
+            'train': json.loads(json.dumps(TrainConfig.from_dict(config['train']).to_dict()))}
 
 
 def test_the_documented_command_writes_the_bundled_attribute_config(tmp_path):
@@ -215,4 +218,4 @@ def test_the_documented_recipe_writes_the_bundled_text_config(tmp_path):
     tc = TrainConfig(objective='v', schedule='cosine', T=1000, min_snr_gamma=5.0, lr=5e-4, batch_size=64, steps=3000,
                      warmup_steps=100, precision='bf16', sample_every=500, save_every=500, log_every=50, seed=0)
     Trainer(text_unet('cpu32', 32), tc, source, tmp_path / 'run', device='cpu', condition=text_condition(source), progress=False)
-    assert json.loads((tmp_path / 'run' / 'config.json').read_text()) == json.loads((pretrained_dir('text') / 'config.json').read_text())
+    assert json.loads((tmp_path / 'run' / 'config.json').read_text()) == as_read(json.loads((pretrained_dir('text') / 'config.json').read_text()))
