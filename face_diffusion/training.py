@@ -396,6 +396,8 @@ class Trainer:
         self.degradation = degradation
         if degradation is not None: _check_degradation(degradation, tc, condition)
         schedule = NoiseSchedule(tc.schedule, tc.T)
+        self.pixel_weight = (emphasis_map(tc.emphasis, self.unet_config.image_size, tc.flip).to(self.device)
+                             if tc.emphasis else None)                  # None: every pixel counts the same (refused before any file is written)
         self.config = {'format': RUN_MARKER, 'format_version': RUN_FORMAT_VERSION, 'unet': self.unet_config.to_dict(),
                        'schedule': schedule.config(), 'objective': tc.objective, 'image_size': self.unet_config.image_size,
                        'train': tc.to_dict(), 'data': self.data.to_dict(), 'world_size': self.world.size,
@@ -419,8 +421,6 @@ class Trainer:
             self.train_model = DistributedDataParallel(self.model, device_ids=[self.device.index] if on_gpu else None)
         if self.use_compile: self.train_model = torch.compile(self.train_model)
         self.schedule = schedule.to(self.device)
-        self.pixel_weight = (emphasis_map(tc.emphasis, self.unet_config.image_size, tc.flip).to(self.device)
-                             if tc.emphasis else None)                  # None: every pixel counts the same
         self.n_images = len(images)
         self.shard = self.world.shard(len(images)).to(self.device) if self.world.distributed else None   # global indices
         self.images = (images[self.shard.cpu()] if self.world.distributed else images).to(self.device)   # uint8, where the model is

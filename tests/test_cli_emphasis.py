@@ -49,3 +49,10 @@ def test_the_trainer_weights_its_loss_with_the_box(tmp_path):
                                                 pixel_weight=weight))
     print(f"trainer {used:.6f}; recomputed with the box {recomputed['weighted']:.6f}, without {recomputed['plain']:.6f}")
     assert abs(used - recomputed['weighted']) < 1e-6 * used and abs(used - recomputed['plain']) > 1e-3 * used
+
+
+def test_a_box_that_covers_no_pixel_is_refused_before_any_file_is_written(tmp_path):
+    code, err = run('train', *TINY, '--steps', '2', '--emphasis', '0.5,0.5,0.51,0.51,3', '--out', tmp_path / 'run')
+    lines = [l for l in err.strip().splitlines() if '%|' not in l]
+    assert code == 2 and len(lines) == 1 and 'covers no pixel at 16 px; widen it' in lines[0], err
+    assert not (tmp_path / 'run').exists()
